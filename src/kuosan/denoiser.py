@@ -1,0 +1,194 @@
+"""A network (or any function) plus a process plus what it predicts: the one object every sampler,
+loss and likelihood talks to.
+
+    model = Denoiser(fn, process, prediction="eps")
+    x0, eps = model.predict(x, t)          # one network evaluation
+    model.score(x, t), model.velocity(x, t), model.nfe
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .predictions import Coefficients, check_prediction, from_x0_eps, to_x0_eps
+from .processes.base import Process, append_dims
+
+__all__ = ["Denoiser", "EDMPrecond"]
+
+
+class EDMPrecond:
+    """EDM preconditioning (Karras et al. 2022, arXiv:2206.00364, Table 1 and eq. 7), for any process.
+
+    With s = sigma/alpha and the scaled input x~ = x/alpha (so x~ = x0 + s eps, the EDM form):
+        D(x~; s) = c_skip(s) x~ + c_out(s) F(c_in(s) x~, c_noise(s))
+        c_skip = sigma_data^2 / (s^2 + sigma_data^2),  c_out = s sigma_data / sqrt(s^2 + sigma_data^2),
+        c_in = 1 / sqrt(s^2 + sigma_data^2),           c_noise = ln(s) / 4.
+    """
+
+    def __init__(self, sigma_data: float = 0.5):
+        self.sigma_data = sigma_data
+
+    def c_skip(self, s: Tensor) -> Tensor:
+        return self.sigma_data**2 / (s**2 + self.sigma_data**2)
+
+    def c_out(self, s: Tensor) -> Tensor:
+        return s * self.sigma_data / torch.sqrt(s**2 + self.sigma_data**2)
+
+    def c_in(self, s: Tensor) -> Tensor:
+        return 1 / torch.sqrt(s**2 + self.sigma_data**2)
+
+    def c_noise(self, s: Tensor) -> Tensor:
+        return 0.25 * torch.log(s)
+
+    def loss_weight(self, s: Tensor) -> Tensor:
+        """lambda(s) = 1 / c_out^2 = (s^2 + sigma_data^2) / (s sigma_data)^2 (EDM eq. 8)."""
+        return (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+
+
+class Denoiser(nn.Module):
+    """fn(x, t, **cond) + process + prediction kind; answers eps, x0, score, v and velocity and counts calls.
+
+    Args:
+        fn: a network or any function (x, t, **cond) -> tensor shaped like x; t is a (batch,) tensor of
+            continuous process times in their own precision, often float64 (or `time_input(t)` when given;
+            c_noise under EDM preconditioning); a network casts t to its own dtype.
+        process: the forward process the network was trained under.
+        prediction: "eps" | "x0" | "v" | "score" | "velocity" (default "eps"; "x0" under precondition="edm").
+        precondition: None or "edm" (then fn is EDM's F and the Denoiser's raw output is D, an x0).
+        sigma_data: EDM's data standard deviation.
+        guidance: classifier-free guidance scale w (Ho & Salimans 2022, arXiv:2207.12598, eq. 6):
+            eps = eps(x | uncond) + w (eps(x | cond) - eps(x | uncond)); w = 1 is the plain conditional model.
+            One guided evaluation counts as one NFE (the two branches run as one batch).
+        uncond: keyword arguments of the unconditional branch (same keys as the conditional ones).
+        time_input: maps process time to what fn expects (e.g. lambda t: t * 1000 - 1 for diffusers indices).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Tensor],
+        process: Process,
+        prediction: str | None = None,
+        *,
+        precondition: str | None = None,
+        sigma_data: float = 0.5,
+        guidance: float | None = None,
+        uncond: dict[str, Any] | None = None,
+        time_input: Callable[[Tensor], Tensor] | None = None,
+    ):
+        super().__init__()
+        if precondition not in (None, "edm"):
+            raise ValueError(f"unknown precondition {precondition!r}; choose None or 'edm'")
+        if prediction is None:
+            prediction = "x0" if precondition == "edm" else "eps"
+        check_prediction(prediction)
+        if precondition == "edm" and prediction != "x0":
+            raise ValueError(f"EDM preconditioning makes the model an x0-predictor; got prediction={prediction!r}")
+        self.net = fn if isinstance(fn, nn.Module) else None
+        self.fn = fn
+        self.process = process
+        self.prediction = prediction
+        self.precond = EDMPrecond(sigma_data) if precondition == "edm" else None
+        self.guidance = guidance
+        self.uncond = uncond
+        self.time_input = time_input
+        self.nfe = 0
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    def reset_nfe(self) -> int:
+        """Zero the evaluation counter; returns its old value."""
+        n, self.nfe = self.nfe, 0
+        return n
+
+    def _time(self, x: Tensor, t: Tensor | float) -> Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if not t.is_floating_point():
+            t = t.to(torch.float64)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},); got {tuple(t.shape)}")
+        return t
+
+    def coefficients(self, x: Tensor, t: Tensor) -> Coefficients:
+        """alpha, sigma, alpha', sigma' at t (computed in t's precision), broadcast to x and cast to x.dtype."""
+        p = self.process
+        vals = (p.alpha(t), p.sigma(t), p.dalpha_dt(t), p.dsigma_dt(t))
+        return Coefficients(*(append_dims(v.to(x.dtype), x.ndim) for v in vals))
+
+    # --- one evaluation ---------------------------------------------------------------------------
+    def _call(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
+        """fn, with EDM preconditioning when asked: returns the raw output of kind self.prediction."""
+        if self.precond is None:
+            tin = self.time_input(t) if self.time_input is not None else t
+            return self.fn(x, tin, **cond)  # t keeps its precision; nets cast it themselves
+        pc, p = self.precond, self.process
+        s = torch.exp(-p.log_snr(t))  # sigma / alpha  (B,)
+        a = append_dims(p.alpha(t).to(x.dtype), x.ndim)
+        xs = x / a
+        s_b = append_dims(s.to(x.dtype), x.ndim)
+        F = self.fn(pc.c_in(s_b) * xs, pc.c_noise(s).to(x.dtype), **cond)
+        return pc.c_skip(s_b) * xs + pc.c_out(s_b) * F
+
+    def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """Raw output of kind `self.prediction` (with guidance applied); one evaluation."""
+        t = self._time(x, t)
+        self.nfe += 1
+        if self.guidance is None or not cond:
+            return self._call(x, t, cond)
+        return self._guided(x, t, cond)
+
+    def _guided(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
+        """Classifier-free guidance, applied to eps (Ho & Salimans 2022, eq. 6); both branches in one batch."""
+        uncond = self.uncond or {}
+        if set(uncond) != set(cond):
+            raise ValueError(f"guidance needs `uncond` with the same keys as cond {sorted(cond)}; got {sorted(uncond)}")
+        b = x.shape[0]
+        both = {k: torch.cat([cond[k], torch.as_tensor(uncond[k]).expand_as(cond[k]).to(cond[k])]) for k in cond}
+        out = self._call(torch.cat([x, x]), torch.cat([t, t]), both)
+        c = self.coefficients(x, t)
+        eps_c = to_x0_eps(self.prediction, out[:b], x, c)[1]
+        eps_u = to_x0_eps(self.prediction, out[b:], x, c)[1]
+        eps = eps_u + self.guidance * (eps_c - eps_u)
+        return from_x0_eps(self.prediction, (x - c.sigma * eps) / c.alpha, eps, x, c)
+
+    def predict(self, x: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        """(x0, eps) from one evaluation."""
+        t = self._time(x, t)
+        return to_x0_eps(self.prediction, self(x, t, **cond), x, self.coefficients(x, t))
+
+    def _as(self, kind: str, x: Tensor, t: Tensor | float, cond: dict[str, Any]) -> Tensor:
+        t = self._time(x, t)
+        out = self(x, t, **cond)
+        if kind == self.prediction:
+            return out
+        c = self.coefficients(x, t)
+        x0, eps = to_x0_eps(self.prediction, out, x, c)
+        return from_x0_eps(kind, x0, eps, x, c)
+
+    def eps(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """Predicted noise eps_theta(x_t, t)."""
+        return self._as("eps", x, t, cond)
+
+    def x0(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """Predicted clean data E[x0 | x_t]."""
+        return self._as("x0", x, t, cond)
+
+    def score(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """Predicted score grad log p_t(x) = -eps / sigma."""
+        return self._as("score", x, t, cond)
+
+    def v(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """Predicted v = alpha eps - sigma x0."""
+        return self._as("v", x, t, cond)
+
+    def velocity(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """Probability-flow ODE drift dx/dt = alpha' x0 + sigma' eps (book eq. 4.40)."""
+        return self._as("velocity", x, t, cond)
+
+    def extra_repr(self) -> str:
+        pre = ", precondition='edm'" if self.precond else ""
+        return f"process={self.process!r}, prediction={self.prediction!r}{pre}, nfe={self.nfe}"
