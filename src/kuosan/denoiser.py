@@ -65,6 +65,9 @@ class Denoiser(nn.Module):
             One guided evaluation counts as one NFE (the two branches run as one batch).
         uncond: keyword arguments of the unconditional branch (same keys as the conditional ones).
         time_input: maps process time to what fn expects (e.g. lambda t: t * 1000 - 1 for diffusers indices).
+        learned_variance: fn returns 2C channels along dim 1: the prediction, then the improved-DDPM variance
+            interpolation v in [-1, 1]-ish units (Nichol & Dhariwal 2021, eq. 15); `forward` returns the
+            prediction half and `predict_with_variance` both.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Denoiser(nn.Module):
         guidance: float | None = None,
         uncond: dict[str, Any] | None = None,
         time_input: Callable[[Tensor], Tensor] | None = None,
+        learned_variance: bool = False,
     ):
         super().__init__()
         if precondition not in (None, "edm"):
@@ -95,6 +99,7 @@ class Denoiser(nn.Module):
         self.guidance = guidance
         self.uncond = uncond
         self.time_input = time_input
+        self.learned_variance = learned_variance
         self.nfe = 0
 
     # --- bookkeeping ------------------------------------------------------------------------------
@@ -135,10 +140,25 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """Raw output of kind `self.prediction` (with guidance applied); one evaluation."""
+        out = self._evaluate(x, self._time(x, t), cond)
+        return out[:, : x.shape[1]] if self.learned_variance else out
+
+    def predict_with_variance(self, x: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """(x0, eps, v) from one evaluation of a learned-variance model; v interpolates log beta and log beta-tilde."""
+        if not self.learned_variance:
+            raise ValueError("this Denoiser was not built with learned_variance=True")
         t = self._time(x, t)
+        out = self._evaluate(x, t, cond)
+        c = x.shape[1]
+        x0, eps = to_x0_eps(self.prediction, out[:, :c], x, self.coefficients(x, t))
+        return x0, eps, out[:, c:]
+
+    def _evaluate(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
         self.nfe += 1
         if self.guidance is None or not cond:
             return self._call(x, t, cond)
+        if self.learned_variance:
+            raise ValueError("classifier-free guidance with a learned variance is not supported")
         return self._guided(x, t, cond)
 
     def _guided(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:

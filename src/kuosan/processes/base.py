@@ -126,6 +126,13 @@ class Process(ABC):
         mean = append_dims(c_xt, x_t.ndim) * x_t + append_dims(c_x0, x0.ndim) * x0
         return mean, var_ts * sig_s2 / sig_t2
 
+    def sample_t(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64, device=None
+    ) -> Tensor:
+        """n training times, uniform on [t_min, t_max] (DiscreteVP: uniform over its N grid times)."""
+        u = torch.rand(n, generator=generator, dtype=dtype, device=device)
+        return self.t_min + (self.t_max - self.t_min) * u
+
     # --- the prior at t_max --------------------------------------------------------------------
     @property
     def prior_std(self) -> float:

@@ -79,6 +79,13 @@ class DiscreteVP(Process):
         """Nearest training index of continuous time t (round(t N) - 1, clamped to 0..N-1)."""
         return (torch.round(t * self.n) - 1).clamp(0, self.n - 1).long()
 
+    def sample_t(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64, device=None
+    ) -> Tensor:
+        """n training times t_i = (i+1)/N with i uniform on {0..N-1} (book Algorithm 1, line 3)."""
+        i = torch.randint(0, self.n, (n,), generator=generator, device=device)
+        return ((i + 1) / self.n).to(dtype)
+
     # --- the process ----------------------------------------------------------------------------
     def log_alpha(self, t: Tensor) -> Tensor:
         return _interp(t, self._t, self._log_alpha)

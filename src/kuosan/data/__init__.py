@@ -1,0 +1,1 @@
+"""kuosan.data (in progress)."""

@@ -1,0 +1,1 @@
+"""kuosan.distill (in progress)."""

@@ -1,0 +1,1 @@
+"""kuosan.eval (in progress)."""

@@ -1,0 +1,1 @@
+"""kuosan.likelihood (in progress)."""

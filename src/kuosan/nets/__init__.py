@@ -1,0 +1,1 @@
+"""kuosan.nets (in progress)."""

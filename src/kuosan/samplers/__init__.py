@@ -1,0 +1,1 @@
+"""kuosan.samplers (in progress)."""

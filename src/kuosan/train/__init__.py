@@ -1,0 +1,1 @@
+"""kuosan.train (in progress)."""
