@@ -109,7 +109,7 @@ class Denoiser(nn.Module):
         return n
 
     def _time(self, x: Tensor, t: Tensor | float) -> Tensor:
-        t = torch.as_tensor(t, device=x.device)
+        t = torch.as_tensor(t, device=x.device, dtype=None if isinstance(t, Tensor) else torch.float64)
         if not t.is_floating_point():
             t = t.to(torch.float64)
         if t.ndim == 0:
