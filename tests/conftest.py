@@ -40,7 +40,7 @@ def make_process(name: str) -> Process:
 
 
 def interior_times(proc: Process, n: int = 5, lam_max: float = 5.0, lam_min: float = -5.0) -> Tensor:
-    """n float64 times inside (t_min, t_max), equally spaced in log-SNR and clipped to |lambda| <= 5.
+    """n ascending float64 times inside (t_min, t_max), equally spaced in log-SNR, clipped to |lambda| <= 5.
 
     Avoids the end points where a process is singular (rectified flow's alpha(1) = 0, VE's sigma(0) = sigma_min).
     """

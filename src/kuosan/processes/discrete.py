@@ -84,7 +84,7 @@ class DiscreteVP(Process):
     ) -> Tensor:
         """n training times t_i = (i+1)/N with i uniform on {0..N-1} (book Algorithm 1, line 3)."""
         i = torch.randint(0, self.n, (n,), generator=generator, device=device)
-        return ((i + 1) / self.n).to(dtype)
+        return (i + 1).to(dtype) / self.n  # int / int would round to the default float32 first
 
     # --- the process ----------------------------------------------------------------------------
     def log_alpha(self, t: Tensor) -> Tensor:

@@ -68,4 +68,6 @@ def make_grid(
     if kind not in _GRIDS:
         raise ValueError(f"unknown time grid {kind!r}; choose one of {sorted(_GRIDS)}")
     u = torch.linspace(0, 1, n + 1, dtype=torch.float64)
-    return _GRIDS[kind](proc, u, float(t0), float(t1), rho).to(dtype)
+    t = _GRIDS[kind](proc, u, float(t0), float(t1), rho)
+    t[0], t[-1] = t0, t1  # exact end points (t0 + (t1 - t0) * 1 need not round to t1)
+    return t.to(dtype)
