@@ -89,8 +89,8 @@ class GaussianMixture:
             return one, torch.zeros_like(one)
         if process is None:
             raise ValueError("a time t needs the process it refers to")
-        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(B)
-        return process.alpha(t).reshape(B, 1, 1), process.sigma(t).reshape(B, 1, 1)
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)  # () or (B,): a scalar t is evaluated once
+        return process.alpha(t).expand(B).reshape(B, 1, 1), process.sigma(t).expand(B).reshape(B, 1, 1)
 
     def _parts(self, x: Tensor, t, process):
         """Per-component pieces: y = U^T (x - alpha mu), c = alpha^2 d + sigma^2, log r_k, alpha."""
@@ -125,8 +125,8 @@ class GaussianMixture:
     def eps(self, x: Tensor, t: Tensor | float, process: Process) -> Tensor:
         """E[eps | x_t = x] = -sigma score, exact."""
         y, c, log_wn, a = self._parts(x, t, process)
-        s = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
-        sig = process.sigma(s).reshape(-1, 1, 1)
+        s = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        sig = process.sigma(s).expand(x.shape[0]).reshape(-1, 1, 1)
         r = torch.softmax(log_wn, -1)
         e = torch.einsum("bk,kij,bkj->bi", r, self._U, sig * y / c)
         return e.reshape(x.shape).to(x.dtype)
