@@ -7,7 +7,10 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["normal_kl", "approx_standard_normal_cdf", "discretized_gaussian_log_likelihood"]
+from ..processes.base import Process, append_dims
+from ._common import sum_flat
+
+__all__ = ["normal_kl", "approx_standard_normal_cdf", "discretized_gaussian_log_likelihood", "prior_kl"]
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -34,3 +37,13 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def prior_kl(process: Process, x0: Tensor) -> Tensor:
+    """L_T = KL(q(x_T | x0) || N(0, prior_std^2 I)) in nats per sample (B,) (Ho et al. 2020, arXiv:2006.11239,
+    eq. 5; book §4.1). q(x_T | x0) = N(alpha_T x0, sigma_T^2 I) at T = t_max; no parameters, so no gradient."""
+    T = torch.full((x0.shape[0],), process.t_max, dtype=torch.float64, device=x0.device)
+    mean = append_dims(process.alpha(T).to(x0.dtype), x0.ndim) * x0
+    logvar = append_dims(2 * torch.log(process.sigma(T)).to(x0.dtype), x0.ndim)
+    prior_logvar = torch.full_like(x0, 2 * math.log(process.prior_std))
+    return sum_flat(normal_kl(mean, logvar.expand_as(x0), torch.zeros_like(x0), prior_logvar))
