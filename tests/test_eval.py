@@ -13,6 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from kuosan.eval.features import digits_classifier, digits_feature_info, digits_features, inception_features
 from kuosan.eval.metrics import (
     frechet_distance,
     frechet_distance_gaussians,
@@ -173,3 +174,43 @@ def test_sliced_wasserstein_isotropic_gaussians_closed_form():
     x = torch.randn(n, d, generator=gen(0), dtype=F64)
     exact = math.sqrt(float(dm.square().sum()) / d + 0.5**2)
     assert sliced_wasserstein(x, dm + 1.5 * x, n_projections=2000) == pytest.approx(exact, rel=0.03)
+
+
+# --- the shipped digits feature network ------------------------------------------------------------------
+
+
+def test_digits_feature_net_ships_and_classifies_held_out_digits():
+    from importlib.resources import files
+
+    from kuosan.data import load_digits
+
+    assert files("kuosan").joinpath("assets/digits_features.safetensors").is_file()
+    info = json.loads(files("kuosan").joinpath("assets/digits_features.json").read_text())
+    assert info == digits_feature_info()
+    x, y = load_digits("test")
+    acc = float((digits_classifier()(x).argmax(1) == y).double().mean())
+    assert acc >= 0.95
+    assert acc == pytest.approx(info["test_accuracy"], abs=1.5 / len(y))  # at most one image differs
+    f = digits_features(x)
+    assert f.shape == (len(x), info["feature_dim"])
+
+
+def test_digits_frechet_distance_sees_noise():
+    """Held-out vs training digits is the floor; a little pixel noise moves the features far above it."""
+    from kuosan.data import load_digits
+
+    x_train, x_test = load_digits("train")[0], load_digits("test")[0]
+    noisy = (x_test + 0.3 * torch.randn(x_test.shape, generator=gen(0))).clamp(-1, 1)
+    f_train = digits_features(x_train)
+    floor = frechet_distance(digits_features(x_test), f_train)
+    assert frechet_distance(digits_features(noisy), f_train) > 3 * floor
+    # 16x16 digits are averaged back to 8x8: compared with real digits that took the same round trip,
+    # held-out vs train stays near the floor (the blur of bilinear upsampling itself is not a round trip)
+    f16_train, f16_test = digits_features(load_digits("train", 16)[0]), digits_features(load_digits("test", 16)[0])
+    assert frechet_distance(f16_test, f16_train) < 2 * floor
+    assert frechet_distance(f16_test, f_train) > 3 * floor
+
+
+def test_inception_needs_local_weights_and_says_so(tmp_path):
+    with pytest.raises((ImportError, FileNotFoundError), match="pytorch-fid|not found"):
+        inception_features(torch.zeros(2, 1, 8, 8), tmp_path / "missing.pth")
