@@ -426,3 +426,21 @@ def test_explicit_sm_trace_is_exact_on_image_shaped_input_and_trains():
         want = torch.trace(J) + 0.5 * (score(x[b : b + 1]) ** 2).sum()
         torch.testing.assert_close(loss[b], want)
     assert torch.autograd.grad(loss.sum(), W)[0].abs().sum() > 0
+
+
+def test_score_matching_with_a_score_that_ignores_x():
+    x = torch.randn(4, 3, dtype=F64)
+    const = lambda y: torch.full_like(y, 2.0)  # noqa: E731  (zero Jacobian)
+    torch.testing.assert_close(explicit_sm_loss(const, x), torch.full((4,), 6.0, dtype=F64))
+    torch.testing.assert_close(sliced_sm_loss(const, x), torch.full((4,), 6.0, dtype=F64))
+
+
+@pytest.mark.parametrize("weighting", list(WEIGHTINGS))
+def test_float32_network_gets_float32_losses_and_gradients(weighting):
+    net = torch.nn.Linear(3, 2)
+    model = Denoiser(lambda x, t: net(torch.cat([x, t[:, None].to(x.dtype)], 1)), VP(), "eps")
+    x0 = torch.randn(8, 2)
+    loss = dsm_loss(model, x0, weighting=weighting, time_sampling="importance", generator=torch.Generator())
+    assert loss.dtype == torch.float32 and loss.shape == (8,) and torch.isfinite(loss).all()
+    loss.mean().backward()
+    assert net.weight.grad.abs().sum() > 0

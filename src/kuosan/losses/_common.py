@@ -31,23 +31,28 @@ def choose(registry: Mapping[str, V], name: str, what: str) -> V:
     return registry[name]
 
 
-def training_grid(process: Process) -> Tensor | None:
-    """The N training times t_i = (i+1)/N of a process trained on a discrete grid (DDPM), else None.
+def training_steps(process: Process) -> int | None:
+    """N when the process trains on a discrete grid t_i = (i+1)/N (DDPM), else None.
 
     A process is discrete when it exposes its number of training steps `n` and `t_of_index(i)` (as
     DiscreteVP does); the loss code asks the interface, never the class.
     """
-    n, t_of_index = getattr(process, "n", None), getattr(process, "t_of_index", None)
-    if not isinstance(n, int) or not callable(t_of_index):
-        return None
-    return t_of_index(torch.arange(n, dtype=torch.float64)).to(torch.float64)
+    n = getattr(process, "n", None)
+    return n if isinstance(n, int) and callable(getattr(process, "t_of_index", None)) else None
+
+
+def training_grid(process: Process) -> Tensor | None:
+    """The N training times t_i = (i+1)/N of a discrete-time process (float64), else None."""
+    n = training_steps(process)
+    return None if n is None else process.t_of_index(torch.arange(n, dtype=torch.float64)).to(torch.float64)
 
 
 def require_training_grid(process: Process, who: str) -> int:
     """N of a discrete-time process, or a ValueError saying `who` needs one."""
-    if training_grid(process) is None:
+    n = training_steps(process)
+    if n is None:
         raise ValueError(
             f"{who} needs a discrete-time (DDPM-like) process exposing `n` training steps and `t_of_index(i)` "
             f"(e.g. kuosan.processes.DiscreteVP); got {process!r}"
         )
-    return process.n  # type: ignore[attr-defined]
+    return n

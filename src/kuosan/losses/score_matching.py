@@ -21,8 +21,10 @@ def _trace_jacobian(s: Tensor, x: Tensor) -> Tensor:
     """tr(d s / d x) per sample (B,), exactly: one backward pass per dimension (for small D)."""
     s_flat = s.flatten(1)
     tr = torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
+    if not s.requires_grad:  # s does not depend on x
+        return tr
     for i in range(s_flat.shape[1]):
-        (grad,) = torch.autograd.grad(s_flat[:, i].sum(), x, create_graph=True)
+        (grad,) = torch.autograd.grad(s_flat[:, i].sum(), x, create_graph=True, materialize_grads=True)
         tr = tr + grad.flatten(1)[:, i]
     return tr
 
@@ -69,7 +71,9 @@ def sliced_sm_loss(
     v = draw(x_rep.shape, generator, x.dtype, x.device)
     s = score_fn(x_rep)
     sv = sum_flat(s * v)  # v^T s, (M B,)
-    (grad_sv,) = torch.autograd.grad(sv.sum(), x_rep, create_graph=True)
-    vJv = sum_flat(grad_sv * v)  # v^T (grad s) v
+    vJv = torch.zeros_like(sv)  # v^T (grad s) v
+    if sv.requires_grad:
+        (grad_sv,) = torch.autograd.grad(sv.sum(), x_rep, create_graph=True, materialize_grads=True)
+        vJv = sum_flat(grad_sv * v)
     second = 0.5 * sum_flat(s**2) if variance_reduction else 0.5 * sv**2
     return (vJv + second).reshape(M, B).mean(0)
