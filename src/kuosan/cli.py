@@ -1,0 +1,270 @@
+"""The `kuosan` command: train a recipe, sample a checkpoint, inspect one, list recipes, run the demo.
+
+kuosan train toy2d-ddpm --set train.steps=2000        # a recipe name or a YAML path
+torchrun --nproc_per_node=2 -m kuosan train digits-ddpm
+kuosan sample runs/toy2d-ddpm --method dpmpp-2m --nfe 20 --n 1000
+kuosan info runs/toy2d-ddpm
+kuosan recipes
+kuosan demo                                             # = make demo
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import ConfigError, load_config
+
+app = typer.Typer(
+    name="kuosan",
+    help="Diffusion models as the book AIGC 扩散模型 lays them out: train, sample, inspect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+FAST_SAMPLERS = (("dpmpp-2m", 20), ("dpm-solver-2", 20), ("ddim", 50))  # the demo's preference order
+
+
+# --- recipes ---------------------------------------------------------------------------------------------
+def recipe_dirs() -> list[Path]:
+    """Where recipes live: the package's own copy, then the source checkout's configs/ (editable install)."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here / "configs", here.parents[1] / "configs") if d.is_dir()]
+
+
+def recipe_files() -> dict[str, Path]:
+    """Recipe name -> YAML file (first directory wins)."""
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A YAML path as given, or the file of a recipe name ("digits-ddpm")."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    recipes = recipe_files()
+    if p.stem in recipes and p.suffix in ("", ".yaml"):
+        return recipes[p.stem]
+    raise ConfigError(
+        f"{name_or_path!r} is neither a config file nor a recipe; recipes: {', '.join(recipes) or '(none)'}"
+    )
+
+
+def recipe_header(path: Path) -> dict[str, str]:
+    """The leading comment of a recipe: its first line is the title, then "key: value" lines (book: §4.1)."""
+    info: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        key, sep, value = text.partition(":")
+        if "title" not in info:
+            info["title"] = text
+        elif sep and key.strip().isidentifier():
+            info[key.strip()] = value.strip()
+    return info
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+def _fail(err: BaseException, code: int = 1) -> typer.Exit:
+    """Print an expected error as one message (KUOSAN_DEBUG=1 re-raises it with its traceback)."""
+    if os.environ.get("KUOSAN_DEBUG"):
+        raise err
+    console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from .data import DataError
+    from .train import TrainingDiverged
+
+    return ConfigError, DataError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError
+
+
+# --- commands -------------------------------------------------------------------------------------------
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="A recipe name (see `kuosan recipes`) or a YAML config file."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: --set train.steps=100 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in the output directory."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output directory (default runs/<name>)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable data files instead of failing."),
+) -> None:
+    """Train a model from a recipe or config (torchrun --nproc_per_node=N -m kuosan train ... for DDP)."""
+    from .train import train_from_config
+
+    try:
+        overrides = (
+            list(set_) + ([f"out_dir={out_dir}"] if out_dir else []) + (["data.skip_bad=true"] if skip_bad else [])
+        )
+        cfg = load_config(resolve_recipe(config), overrides)
+        result = train_from_config(cfg, resume=resume)
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        verb = "interrupted at" if result.interrupted else "trained to"
+        out.print(f"{verb} step {result.step}; checkpoint {result.checkpoint}")
+        out.print(f"sample it with: kuosan sample {cfg.run_dir}")
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command()
+def sample(
+    checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
+    method: str | None = typer.Option(None, help="Sampler (kuosan.samplers.available()); default: the run's."),
+    nfe: int | None = typer.Option(None, help="Network evaluations to spend; default: the run's."),
+    seed: int = typer.Option(0, help="Seed of the prior noise and any sampler noise."),
+    n: int | None = typer.Option(None, "--n", help="Number of samples; default: the run's sample.n."),
+    out_path: Path | None = typer.Option(None, "--out", help="PNG path; the .npz goes beside it."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+) -> None:
+    """Generate samples: a PNG (image grid, or a scatter plot of 2-D points) and an .npz of the raw samples."""
+    try:
+        png, npz, x = sample_checkpoint(checkpoint, method, nfe, seed, n, out_path, ema, device)
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    out.print(f"wrote {png} and {npz} ({' x '.join(map(str, x.shape))} samples)")
+
+
+def sample_checkpoint(checkpoint, method, nfe, seed, n, out_path, ema=True, device="auto"):
+    """Load a checkpoint, sample it and write the PNG and .npz; returns (png, npz, samples)."""
+    import torch
+
+    from .train import generate, load_model, save_npz, save_samples
+    from .train.distributed import pick_device
+
+    dev = pick_device(device)
+    denoiser, cfg, ckpt = load_model(checkpoint, ema=ema, device=dev)
+    method, nfe, n = method or cfg.sample.method, nfe or cfg.sample.nfe, n or cfg.sample.n
+    shape = (n, *ckpt.state["data_shape"])
+    g = torch.Generator(dev).manual_seed(seed)
+    x = generate(denoiser, shape, method=method, nfe=nfe, generator=g, device=dev)
+    png = Path(out_path) if out_path else ckpt.path.parents[1] / f"samples-{method}-{nfe}.png"
+    save_samples(x, png, title=f"{cfg.name}: {method}, {nfe} NFE, step {ckpt.step}")
+    npz = save_npz(x, png.with_suffix(".npz"), method=method, nfe=nfe, seed=seed, step=ckpt.step)
+    return png, npz, x
+
+
+@app.command()
+def info(checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory.")) -> None:
+    """What a checkpoint holds: step, network and parameter count, EMA, process, data, the full config."""
+    import yaml
+
+    from .train import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    st = ckpt.state
+    cfg = st.get("config") or {}
+    n_params = sum(v.numel() for v in ckpt.weights.values())
+    rows = [
+        ("checkpoint", str(ckpt.path)),
+        ("step", f"{ckpt.step} of {cfg.get('train', {}).get('steps', '?')}"),
+        ("network", f"{st.get('net', {}).get('kind', '?')}, {n_params:,} parameters ({len(ckpt.weights)} tensors)"),
+        (
+            "ema",
+            f"yes, {st.get('ema_updates', '?')} updates, decay {cfg.get('train', {}).get('ema_decay', '?')}"
+            if ckpt.ema is not None
+            else "no",
+        ),
+        ("process", str(cfg.get("process", {}))),
+        ("prediction", f"{cfg.get('prediction') or 'default'}, precondition {cfg.get('precondition', 'none')}"),
+        ("data", f"{cfg.get('data', {}).get('kind', '?')}, sample shape {st.get('data_shape')}"),
+        ("seed / processes", f"{st.get('seed')} / {st.get('world_size', 1)}"),
+        ("optimizer", "saved" if st.get("optimizer") else "not saved"),
+        ("files", ", ".join(f"{f.name} ({f.stat().st_size / 1e6:.2f} MB)" for f in sorted(ckpt.path.iterdir()))),
+    ]
+    for k, v in rows:
+        out.print(f"{k + ':':<18}{v}", highlight=False, markup=False)
+    out.print("config:")
+    out.print(yaml.safe_dump(cfg, sort_keys=False), highlight=False, markup=False)
+
+
+@app.command()
+def recipes() -> None:
+    """The recipes: one YAML per book model, with its book section and the command that trains it."""
+    t = Table(title="kuosan recipes")
+    t.add_column("recipe", no_wrap=True)
+    t.add_column("book")
+    t.add_column("model")
+    t.add_column("command", no_wrap=True)
+    for name, path in recipe_files().items():
+        h = recipe_header(path)
+        t.add_row(name, h.get("book", ""), h.get("title", "").split(":")[0], f"kuosan train {name}")
+    out.print(t)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the run and the samples go."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a key of the digits-ddpm recipe."),
+    fresh: bool = typer.Option(False, "--fresh", help="Retrain even if a finished demo run is there."),
+) -> None:
+    """Train the digits-ddpm recipe on CPU (a few minutes), sample it with the best fast sampler, save a grid."""
+    import shutil
+
+    from .train import find_checkpoint, train_from_config
+
+    try:
+        cfg = load_config(resolve_recipe("digits-ddpm"), [*set_, f"out_dir={out_dir}"])
+        if fresh:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        done = _finished_step(out_dir) >= cfg.train.steps
+        t0 = time.perf_counter()
+        if done:
+            out.print(f"{find_checkpoint(out_dir)} is already trained to {cfg.train.steps} steps (--fresh retrains)")
+        else:
+            out.print(f"training digits-ddpm ({cfg.train.steps} steps) into {out_dir} ...")
+            result = train_from_config(cfg, resume=True)
+            if result.interrupted:
+                raise typer.Exit(130)
+        t1 = time.perf_counter()
+        method, nfe = best_fast_sampler(cfg.sample.method, cfg.sample.nfe)
+        png, npz, x = sample_checkpoint(out_dir, method, nfe, 0, cfg.sample.n, out_dir / "samples.png")
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    t2 = time.perf_counter()
+    if not done:
+        out.print(f"trained in {t1 - t0:.0f} s")
+    out.print(f"sampled {x.shape[0]} digits with {method} ({nfe} NFE) in {t2 - t1:.1f} s")
+    out.print(f"samples: {png} (grid) and {npz} ({' x '.join(map(str, x.shape))} raw samples)")
+
+
+def _finished_step(run_dir: Path) -> int:
+    from .train import find_checkpoint
+
+    try:
+        return int(find_checkpoint(run_dir).name.removeprefix("step-"))
+    except (FileNotFoundError, ValueError):
+        return -1
+
+
+def best_fast_sampler(default: str, default_nfe: int) -> tuple[str, int]:
+    """The first of FAST_SAMPLERS that kuosan.samplers offers, else the recipe's own sampler."""
+    from . import samplers
+
+    available = set(samplers.available()) if hasattr(samplers, "available") else set()
+    for name, nfe in FAST_SAMPLERS:
+        if name in available:
+            return name, nfe
+    return default, default_nfe
+
+
+def main() -> None:  # pragma: no cover - `python -m kuosan`
+    app(prog_name="kuosan")

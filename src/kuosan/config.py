@@ -1,0 +1,332 @@
+"""Run configuration: one pydantic model per component, validated once (rule 8 of STYLE.md).
+
+    cfg = load_config("configs/digits-ddpm.yaml", ["train.steps=100", "sample.method=ddim"])
+    save_config(cfg, run_dir / "config.yaml")          # the resolved config, next to the run's outputs
+
+Only the CLI (and serve) read config files; everything else receives these validated objects. The one
+registry that turns them into objects (process, network, denoiser, data, loss) is `kuosan.train.build`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "ProcessConfig",
+    "NetConfig",
+    "DataConfig",
+    "LossConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "RunConfig",
+    "load_config",
+    "parse_config",
+    "save_config",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- processes (book §4.1-4.3) ---------------------------------------------------------------------
+class DiscreteVPConfig(_Strict):
+    """DDPM's N-step process (book §4.1); beta_start/beta_end default to the schedule's own."""
+
+    kind: Literal["discretevp"] = "discretevp"
+    schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
+    n: int = Field(1000, ge=2)
+    beta_start: float | None = Field(None, gt=0, lt=1)
+    beta_end: float | None = Field(None, gt=0, lt=1)
+
+
+class VPConfig(_Strict):
+    """Score SDE's variance-preserving SDE (book §4.3.3)."""
+
+    kind: Literal["vp"] = "vp"
+    beta_min: float = Field(0.1, gt=0)
+    beta_max: float = Field(20.0, gt=0)
+
+
+class SubVPConfig(_Strict):
+    """Score SDE's sub-VP SDE (book §4.3.3)."""
+
+    kind: Literal["subvp"] = "subvp"
+    beta_min: float = Field(0.1, gt=0)
+    beta_max: float = Field(20.0, gt=0)
+
+
+class VEConfig(_Strict):
+    """NCSN / Score SDE's variance-exploding process (book §4.2, §4.3.3)."""
+
+    kind: Literal["ve"] = "ve"
+    sigma_min: float = Field(0.01, gt=0)
+    sigma_max: float = Field(50.0, gt=0)
+
+
+class EDMProcessConfig(_Strict):
+    """EDM's alpha = 1, sigma = t (Karras et al. 2022, arXiv:2206.00364)."""
+
+    kind: Literal["edm"] = "edm"
+    sigma_min: float = Field(0.002, gt=0)
+    sigma_max: float = Field(80.0, gt=0)
+    sigma_data: float = Field(0.5, gt=0)
+
+
+class RectifiedFlowConfig(_Strict):
+    """Straight-line interpolation x_t = (1 - t) x0 + t eps (Liu et al. 2022, arXiv:2209.03003)."""
+
+    kind: Literal["rectified_flow"] = "rectified_flow"
+    t_min: float = Field(1e-3, ge=0, lt=1)
+
+
+ProcessConfig = Annotated[
+    Union[DiscreteVPConfig, VPConfig, SubVPConfig, VEConfig, EDMProcessConfig, RectifiedFlowConfig],
+    Field(discriminator="kind"),
+]
+PROCESS_KINDS = ("discretevp", "vp", "subvp", "ve", "edm", "rectified_flow")
+
+
+# --- network ------------------------------------------------------------------------------------------
+class NetConfig(BaseModel):
+    """`kind` plus the network's own keyword arguments, flat; unknown ones are rejected against its signature.
+
+    Shape arguments (dim / in_channels / image_size), learn_sigma / out_mult and num_classes are filled in
+    from the data and the loss when left out.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["mlp", "unet", "dit"] = "mlp"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _known_kwargs(self) -> NetConfig:
+        params = _net_parameters(self.kind)
+        unknown = sorted(set(self.kwargs) - params) if params is not None else []
+        if unknown:
+            raise ValueError(
+                f"unknown key {unknown[0]!r} for net kind {self.kind!r}; allowed: {', '.join(sorted(params))}"
+            )
+        return self
+
+
+def _net_parameters(kind: str) -> set[str] | None:
+    """The keyword arguments of the network class registered under `kind`, or None if it cannot be inspected."""
+    try:
+        from . import nets
+    except ImportError:  # pragma: no cover - nets always ship with the package
+        return None
+    cls = getattr(nets, "NETS", {}).get(kind)
+    if cls is None:
+        return None
+    sig = inspect.signature(cls)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return set(sig.parameters)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+class _DataBase(_Strict):
+    skip_bad: bool = False  # skip (and count) unreadable files instead of failing on the first
+
+
+class Toy2dData(_DataBase):
+    """A fixed set of n points of a toy 2-D distribution (swiss roll, moons, 8 Gaussians, ...)."""
+
+    kind: Literal["toy2d"] = "toy2d"
+    name: str = "swiss_roll"
+    n: int = Field(100_000, ge=1)
+
+
+class DigitsData(_DataBase):
+    """The 8x8 handwritten digits shipped with scikit-learn, scaled to [-1, 1]."""
+
+    kind: Literal["digits"] = "digits"
+    split: Literal["train", "test", "all"] = "train"
+    size: int = Field(8, ge=4)
+    conditional: bool = False  # pass the digit label to the network as y
+
+
+class FolderData(_DataBase):
+    """PNG/JPEG files under `root`, resized and centre-cropped to size x size."""
+
+    kind: Literal["folder"] = "folder"
+    root: Path
+    size: int = Field(32, ge=4)
+    channels: Literal[1, 3] = 3
+
+
+class ArrayData(_DataBase):
+    """A .npy or .npz array (N, ...) already in the model's range."""
+
+    kind: Literal["array"] = "array"
+    path: Path
+    key: str | None = None
+
+
+DataConfig = Annotated[Union[Toy2dData, DigitsData, FolderData, ArrayData], Field(discriminator="kind")]
+
+
+# --- loss, training, sampling -----------------------------------------------------------------------
+class LossConfig(_Strict):
+    """Weighted denoising score matching (book eqs. 4.14, 4.26-4.27, 4.34) or the improved-DDPM hybrid loss."""
+
+    kind: Literal["dsm", "hybrid"] = "dsm"
+    weighting: Literal["simple", "sigma2", "likelihood", "edm", "x0", "v", "velocity"] = "simple"
+    time_sampling: Literal["uniform", "importance", "lognormal"] = "uniform"
+    lam: float = Field(0.001, ge=0)  # weight of L_vlb in the hybrid loss (Nichol & Dhariwal 2021, §3.1)
+
+
+class TrainConfig(_Strict):
+    """AdamW with linear warm-up, gradient clipping, EMA with warm-up, optional bf16 autocast, one seed."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup: int = Field(0, ge=0)  # linear learning-rate warm-up steps
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n))
+    bf16: bool = False
+    seed: int = Field(0, ge=0)
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    ckpt_every: int = Field(1000, ge=0)  # 0: only at the end (and on Ctrl-C / SIGTERM)
+    keep: int = Field(2, ge=1)  # checkpoints kept on disk
+    sample_every: int = Field(0, ge=0)  # PNG sample grids during training; 0: only at the end
+    log_every: int = Field(50, ge=1)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class SampleConfig(_Strict):
+    """How to generate: a sampler name of kuosan.samplers.available(), its NFE budget and the sample count."""
+
+    method: str = "ddpm"
+    nfe: int = Field(100, ge=1)
+    n: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class RunConfig(_Strict):
+    """A whole run: process x prediction x network x data x loss x training x sampling."""
+
+    name: str = "run"
+    out_dir: Path | None = None  # default runs/<name>
+    prediction: Literal["eps", "x0", "v", "score", "velocity"] | None = None  # default eps (x0 under EDM precond)
+    precondition: Literal["none", "edm"] = "none"
+    process: ProcessConfig = Field(default_factory=DiscreteVPConfig)
+    net: NetConfig = Field(default_factory=NetConfig)
+    data: DataConfig = Field(default_factory=Toy2dData)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.precondition == "edm" and self.prediction not in (None, "x0"):
+            raise ValueError(
+                f"precondition 'edm' makes the network an x0-predictor; got prediction {self.prediction!r}"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir if self.out_dir is not None else Path("runs") / self.name
+
+
+# --- reading, overriding, writing -----------------------------------------------------------------------
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {p!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply "a.b.c=value" overrides in place; values are parsed as YAML scalars ("1e-4", "true", "[1, 2]")."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=100)")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _loc(tree: Any, loc: tuple[Any, ...]) -> str:
+    """A dotted key from a pydantic error location, dropping the union tags ("process.ve.beta_min" -> ...)."""
+    keys, node = [], tree
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue  # the discriminator tag pydantic inserts for a tagged union
+        keys.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(keys)
+
+
+def _explain(err: ValidationError, tree: dict[str, Any], source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        key = _loc(tree, tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {key!r}")
+        elif e["type"] == "union_tag_invalid":
+            lines.append(f"{source}: {key}.kind: {e['msg']}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {key or '(top level)'}: {msg} (got {e.get('input')!r})")
+    return ConfigError("invalid config\n  " + "\n  ".join(lines))
+
+
+def parse_config(tree: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a config tree; errors name `source` and every offending dotted key."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise _explain(err, tree, source) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply dotted overrides ("train.steps=100") and validate it."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, got {type(tree).__name__}")
+    apply_overrides(tree, list(overrides or []))
+    return parse_config(tree, str(path))
+
+
+def config_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain YAML/JSON-able data."""
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config (every default filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False), encoding="utf-8")
