@@ -118,11 +118,16 @@ class Denoiser(nn.Module):
             raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},); got {tuple(t.shape)}")
         return t
 
-    def coefficients(self, x: Tensor, t: Tensor) -> Coefficients:
-        """alpha, sigma, alpha', sigma' at t (computed in t's precision), broadcast to x and cast to x.dtype."""
+    def coefficients(self, x: Tensor, t: Tensor, derivatives: bool = True) -> Coefficients:
+        """alpha, sigma (and alpha', sigma' when `derivatives`, else None) at t, computed in t's precision,
+        broadcast to x and cast to x.dtype. Only the "velocity" kind needs the derivatives."""
         p = self.process
-        vals = (p.alpha(t), p.sigma(t), p.dalpha_dt(t), p.dsigma_dt(t))
-        return Coefficients(*(append_dims(v.to(x.dtype), x.ndim) for v in vals))
+        vals = (p.alpha(t), p.sigma(t)) + ((p.dalpha_dt(t), p.dsigma_dt(t)) if derivatives else ())
+        c = [append_dims(v.to(x.dtype), x.ndim) for v in vals]
+        return Coefficients(*c) if derivatives else Coefficients(c[0], c[1], None, None)
+
+    def _coefficients_for(self, x: Tensor, t: Tensor, kind: str) -> Coefficients:
+        return self.coefficients(x, t, derivatives="velocity" in (kind, self.prediction))
 
     # --- one evaluation ---------------------------------------------------------------------------
     def _call(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
@@ -150,7 +155,7 @@ class Denoiser(nn.Module):
         t = self._time(x, t)
         out = self._evaluate(x, t, cond)
         c = x.shape[1]
-        x0, eps = to_x0_eps(self.prediction, out[:, :c], x, self.coefficients(x, t))
+        x0, eps = to_x0_eps(self.prediction, out[:, :c], x, self._coefficients_for(x, t, "eps"))
         return x0, eps, out[:, c:]
 
     def _evaluate(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
@@ -169,7 +174,7 @@ class Denoiser(nn.Module):
         b = x.shape[0]
         both = {k: torch.cat([cond[k], torch.as_tensor(uncond[k]).expand_as(cond[k]).to(cond[k])]) for k in cond}
         out = self._call(torch.cat([x, x]), torch.cat([t, t]), both)
-        c = self.coefficients(x, t)
+        c = self._coefficients_for(x, t, "eps")
         eps_c = to_x0_eps(self.prediction, out[:b], x, c)[1]
         eps_u = to_x0_eps(self.prediction, out[b:], x, c)[1]
         eps = eps_u + self.guidance * (eps_c - eps_u)
@@ -178,14 +183,14 @@ class Denoiser(nn.Module):
     def predict(self, x: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
         """(x0, eps) from one evaluation."""
         t = self._time(x, t)
-        return to_x0_eps(self.prediction, self(x, t, **cond), x, self.coefficients(x, t))
+        return to_x0_eps(self.prediction, self(x, t, **cond), x, self._coefficients_for(x, t, "eps"))
 
     def _as(self, kind: str, x: Tensor, t: Tensor | float, cond: dict[str, Any]) -> Tensor:
         t = self._time(x, t)
         out = self(x, t, **cond)
         if kind == self.prediction:
             return out
-        c = self.coefficients(x, t)
+        c = self._coefficients_for(x, t, kind)
         x0, eps = to_x0_eps(self.prediction, out, x, c)
         return from_x0_eps(kind, x0, eps, x, c)
 

@@ -22,12 +22,12 @@ __all__ = ["PREDICTIONS", "Coefficients", "to_x0_eps", "from_x0_eps"]
 
 
 class Coefficients(NamedTuple):
-    """alpha(t), sigma(t) and their time derivatives, broadcast against x."""
+    """alpha(t), sigma(t) and their time derivatives (None where not needed), broadcast against x."""
 
     alpha: Tensor
     sigma: Tensor
-    dalpha: Tensor
-    dsigma: Tensor
+    dalpha: Tensor | None
+    dsigma: Tensor | None
 
 
 # --- eps -------------------------------------------------------------------------------------------

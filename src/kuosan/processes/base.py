@@ -119,6 +119,8 @@ class Process(ABC):
 
         With s = t_{i-1}, t = t_i on a DDPM grid this is the book's beta-tilde posterior.
         """
+        if bool((torch.as_tensor(s) >= torch.as_tensor(t)).any()):
+            raise ValueError("posterior q(x_s | x_t, x_0) needs s < t")
         a_ts, var_ts = self.transition(s, t)
         sig_s2, sig_t2 = self.sigma(s) ** 2, self.sigma(t) ** 2
         c_xt = a_ts * sig_s2 / sig_t2
