@@ -1,0 +1,138 @@
+"""What a report compares samples with, and how it scores one set of samples.
+
+    ref = build_reference(cfg, data_shape)              # training data, held-out data, the feature map
+    x, info = draw_samples(denoiser, shape, "dpmpp-2m", 10, seed=0)
+    scores = quality(x, ref)                            # fd, kid, precision, recall (+ sw, mmd for points)
+    floor = quality(ref.heldout, ref)                   # held-out real data against the training data
+
+Feature maps: the shipped digits classifier for 1-channel digits, pool3 of Inception-v3 when the user gives
+local weights, the points themselves for low-dimensional data, raw pixels otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .features import digits_feature_info, digits_features, inception_features
+from .metrics import frechet_distance, kid, mmd, precision_recall, sliced_wasserstein
+
+__all__ = ["Reference", "build_reference", "quality", "draw_samples", "subsample", "SAMPLER_ALIASES"]
+
+SAMPLER_ALIASES = {"ancestral": "ddpm"}  # the issue's word for DDPM's Algorithm 2
+
+
+@dataclass
+class Reference:
+    """The real data samples are measured against."""
+
+    kind: str  # "images" | "points"
+    features_name: str  # what `embed` is, in words
+    train: Tensor  # (N, ...) the model's training data
+    heldout: Tensor  # (M, ...) real data the model never saw (for the floor and the likelihood)
+    embed: Callable[[Tensor], Tensor]  # (N, ...) -> (N, F)
+    train_features: Tensor  # embed(train)
+    note: str = ""
+    levels: int | None = None  # grey levels of discrete data in [-1, 1] (17 for the digits); None: continuous
+
+
+def subsample(x: Tensor, n: int, seed: int = 0) -> Tensor:
+    """At most n rows of x, drawn without replacement with a fixed seed."""
+    if len(x) <= n:
+        return x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def _feature_map(data_cfg: Any, data_shape: tuple[int, ...], inception: str | Path | None):
+    """(name, embed) for this data: Inception if asked, digits classifier for 1-channel images, else raw."""
+    if inception is not None:
+        return "Inception-v3 pool3 (2048-d, FID)", lambda x: inception_features(x, inception)
+    if len(data_shape) == 3 and data_shape[0] == 1 and data_cfg.kind == "digits":
+        info = digits_feature_info()
+        return (
+            f"digits classifier, penultimate layer ({info['feature_dim']}-d, {info['test_accuracy']:.1%} held-out)",
+            digits_features,
+        )
+    if len(data_shape) == 1:
+        return "the points themselves", lambda x: x.reshape(len(x), -1).double()
+    return "raw pixels (no feature network for this data; pass --inception PATH for FID)", lambda x: x.flatten(1)
+
+
+def _real_data(data_cfg: Any, seed: int) -> tuple[Tensor, Tensor, str]:
+    """(training data, held-out data, note) for a run's data config."""
+    from .. import data
+    from ..train import build_data
+
+    if data_cfg.kind == "digits":
+        train, _ = data.load_digits(data_cfg.split, data_cfg.size)
+        heldout, _ = data.load_digits("test", data_cfg.size)
+        note = "" if data_cfg.split == "train" else f"trained on split {data_cfg.split!r}: the test split is not unseen"
+        return train, heldout, note
+    if data_cfg.kind == "toy2d":
+        g = torch.Generator().manual_seed(10_000 + seed)  # fresh draws, not the training points
+        return data.toy2d(data_cfg.name, 5_000, g), data.toy2d(data_cfg.name, 5_000, g), ""
+    x = build_data(data_cfg, seed).x
+    half = len(x) // 2
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x, x[perm[half:]], "no held-out split for this data: the floor compares two halves of the training data"
+
+
+def build_reference(
+    cfg: Any, data_shape: tuple[int, ...], inception: str | Path | None = None, seed: int = 0
+) -> Reference:
+    """The training data, held-out data and feature map for a run config (kuosan.config.RunConfig)."""
+    train, heldout, note = _real_data(cfg.data, seed)
+    name, embed = _feature_map(cfg.data, data_shape, inception)
+    kind = "points" if len(data_shape) == 1 else "images"
+    levels = None if kind == "points" else 17 if cfg.data.kind == "digits" and cfg.data.size == 8 else 256
+    return Reference(kind, name, train, heldout, embed, embed(train).double(), note, levels)
+
+
+def quality(x: Tensor, ref: Reference, kid_subsets: int = 20, k: int = 3, max_size: int = 5000) -> dict[str, float]:
+    """FD, KID (mean, std over subsets of up to 1000), improved precision/recall (k-NN, equal set sizes of up to
+    max_size) against ref.train; plus sliced Wasserstein-2 and Gaussian-kernel MMD^2 (equal sizes) on the points
+    themselves for low-dimensional data."""
+    f = ref.embed(x).double()
+    m = min(len(f), len(ref.train_features), max_size)
+    kid_mean, kid_std = kid(f, ref.train_features, n_subsets=kid_subsets, subset_size=min(m, 1000))
+    precision, recall = precision_recall(subsample(ref.train_features, m), subsample(f, m), k=k)
+    out = {"fd": frechet_distance(f, ref.train_features), "kid": kid_mean, "kid_std": kid_std,
+           "precision": precision, "recall": recall}
+    if ref.kind == "points":
+        a, b = subsample(x.double(), m), subsample(ref.train.double(), m)
+        out["sw"] = sliced_wasserstein(a, b)
+        out["mmd"] = mmd(a, b)
+    return out
+
+
+@torch.no_grad()
+def draw_samples(
+    denoiser: Any,
+    shape: tuple[int, ...],
+    method: str,
+    nfe: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, dict[str, float]]:
+    """shape[0] samples by `method` with an `nfe` budget, in batches; returns (x, {nfe_used, seconds})."""
+    from ..train import generate
+
+    method = SAMPLER_ALIASES.get(method, method)
+    g = torch.Generator(device).manual_seed(seed)
+    n, batches, evaluations = shape[0], [], 0
+    start = time.perf_counter()
+    for i in range(0, n, batch_size):
+        denoiser.reset_nfe()
+        b = min(batch_size, n - i)
+        batches.append(generate(denoiser, (b, *shape[1:]), method=method, nfe=nfe, generator=g, device=device).cpu())
+        evaluations = max(evaluations, denoiser.nfe)
+    seconds = time.perf_counter() - start
+    return torch.cat(batches), {"nfe_used": evaluations, "seconds": seconds, "seconds_per_1000": 1000 * seconds / n}

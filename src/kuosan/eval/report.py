@@ -1,0 +1,146 @@
+"""`kuosan eval`: sample quality against NFE for several samplers, plus held-out bits/dim, as a report.
+
+    run_eval("runs/demo", samplers=["dpmpp-2m", "ddim", "ddpm"], nfes=[5, 10, 20, 50, 1000], n=1000, nll=True)
+
+writes into <run>/eval/ (or `out`): report.md, report.json, fd_vs_nfe.png (one line per sampler, log NFE) and
+samples-<sampler>.png (one row per NFE, same seed). Combinations a sampler cannot run (a budget too small for
+one step, a method the process does not support) are skipped with the reason in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluate import SAMPLER_ALIASES, Reference, build_reference, draw_samples, quality
+from .plots import plot_metric_vs_nfe, plot_sample_sheet
+from .reporting import write_markdown
+
+__all__ = ["run_eval", "evaluate", "machine_info"]
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where the numbers were measured: CPU count, torch threads, 1-minute load average, device, versions."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _sweep(denoiser, shape, samplers, nfes, ref, seed, batch_size, device, log) -> tuple[list, list, dict]:
+    """Every (sampler, NFE): samples, their quality and timing; skipped combinations with the reason."""
+    from ..samplers import available
+
+    results, skipped, sheets = [], [], {}
+    for sampler in samplers:
+        if SAMPLER_ALIASES.get(sampler, sampler) not in available():
+            skipped.append({"sampler": sampler, "nfe": None, "reason": "not a kuosan sampler"})
+            continue
+        for nfe in nfes:
+            try:
+                x, timing = draw_samples(denoiser, shape, sampler, nfe, seed=seed, batch_size=batch_size,
+                                         device=device)
+            except (ValueError, NotImplementedError) as err:
+                skipped.append({"sampler": sampler, "nfe": nfe, "reason": str(err).splitlines()[0]})
+                log(f"  {sampler:>14s} NFE {nfe:5d}: skipped ({err})")
+                continue
+            if not torch.isfinite(x).all():
+                skipped.append({"sampler": sampler, "nfe": nfe, "reason": "samples are not finite"})
+                continue
+            row = {"sampler": sampler, "nfe": nfe, **timing, **quality(x, ref)}
+            results.append(row)
+            sheets.setdefault(sampler, {})[nfe] = x[:16]
+            log(f"  {sampler:>14s} NFE {nfe:5d}: FD {row['fd']:.3f}  P {row['precision']:.2f}  "
+                f"R {row['recall']:.2f}  {row['seconds_per_1000']:.1f} s/1000")
+    return results, skipped, sheets
+
+
+def evaluate(
+    denoiser: Any,
+    ref: Reference,
+    data_shape: tuple[int, ...],
+    out: str | Path,
+    samplers: Sequence[str] = ("dpmpp-2m", "ddim", "ddpm"),
+    nfes: Sequence[int] = (5, 10, 20, 50, 1000),
+    n: int = 1000,
+    nll: bool = False,
+    *,
+    name: str = "model",
+    meta: dict[str, Any] | None = None,
+    seed: int = 0,
+    batch_size: int = 1000,
+    nll_n: int | None = None,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Score `denoiser` against `ref` for every sampler and NFE, write report.md/json and figures into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    floor = quality(ref.heldout, ref)
+    log(f"{name}: {len(ref.heldout)} held-out vs {len(ref.train)} training samples: FD {floor['fd']:.3f}")
+    results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), list(nfes), ref, seed,
+                                      batch_size, device, log)
+    report: dict[str, Any] = {
+        "recipe": name, **(meta or {}), "n": n, "seed": seed, "features": ref.features_name,
+        "reference": f"{len(ref.train)} training samples", "heldout": len(ref.heldout), "note": ref.note,
+        "floor": floor, "results": results, "skipped": skipped, "machine": machine_info(device),
+    }
+    if results:
+        report["plot"] = plot_metric_vs_nfe(results, out / "fd_vs_nfe.png", floor=floor["fd"],
+                                            title=f"{name}, {n} samples").name
+    report["sheets"] = {
+        s: plot_sample_sheet(sheet, out / f"samples-{s}.png", title=f"{name}: {s}, rows = NFE").name
+        for s, sheet in sheets.items()
+    }
+    if nll:
+        from .nll import heldout_nll
+
+        log("held-out likelihood ...")
+        x = ref.heldout if nll_n is None else ref.heldout[:nll_n]
+        report["nll"] = heldout_nll(denoiser, x, levels=ref.levels, seed=seed)
+    report["machine"] = machine_info(device)  # the load at the end of the run
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, out / "report.md")
+    log(f"wrote {out / 'report.md'}, report.json and {len(report['sheets']) + bool(results)} figures")
+    return report
+
+
+def run_eval(
+    checkpoint: str | Path,
+    samplers: Sequence[str] = ("dpmpp-2m", "ddim", "ddpm"),
+    nfes: Sequence[int] = (5, 10, 20, 50, 1000),
+    n: int = 1000,
+    nll: bool = False,
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    batch_size: int = 1000,
+    nll_n: int | None = None,
+    inception: str | Path | None = None,
+    ema: bool = True,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """`kuosan eval`: load a trained run and `evaluate` it into <run>/eval (or `out`); returns the report dict."""
+    from ..train import load_model
+    from ..train.distributed import pick_device
+
+    dev = pick_device(device)
+    denoiser, cfg, ckpt = load_model(checkpoint, ema=ema, device=dev)
+    data_shape = tuple(ckpt.state["data_shape"])
+    ref = build_reference(cfg, data_shape, inception=inception, seed=seed)
+    meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "ema": ema,
+            "process": cfg.process.model_dump(mode="json")}
+    return evaluate(denoiser, ref, data_shape, out if out is not None else ckpt.path.parents[1] / "eval",
+                    samplers, nfes, n, nll, name=f"{cfg.name} (step {ckpt.step})", meta=meta, seed=seed,
+                    batch_size=batch_size, nll_n=nll_n, device=dev, log=log)

@@ -1,0 +1,105 @@
+"""report.json -> report.md: the FD-by-NFE table, the full table, the floor, the likelihood and two checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_markdown", "headline", "markdown_table"]
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def headline(report: dict[str, Any], fast_nfe: int = 10, reference: tuple[str, int] = ("ddpm", 1000)) -> list[str]:
+    """The two claims the digits report checks, stated with their numbers (or why they cannot be checked)."""
+    lines = []
+    res = report["results"]
+    ref = [r for r in res if r["sampler"] in (reference[0], "ancestral") and r["nfe"] == reference[1]]
+    fast = sorted((r for r in res if r["nfe"] == fast_nfe), key=lambda r: r["fd"])
+    if ref and fast:
+        best, base = fast[0], ref[0]
+        ratio = best["fd"] / base["fd"]
+        verdict = "holds" if ratio <= 1.10 else "does not hold"
+        lines.append(
+            f"Best {fast_nfe}-NFE sampler: **{best['sampler']}**, FD {best['fd']:.3f} = {ratio:.2f} x the FD of "
+            f"{reference[1]}-step ancestral sampling ({base['fd']:.3f}); 'within 10%' {verdict}."
+        )
+    nll = report.get("nll") or {}
+    if nll.get("ode_bpd") is not None and nll.get("vlb_bpd") is not None:
+        below = nll["ode_bpd"] < nll["vlb_bpd"]
+        lines.append(
+            f"Bits/dim: PF-ODE {nll['ode_bpd']:.3f} vs DDPM bound {nll['vlb_bpd']:.3f}: "
+            f"the ODE is {'below' if below else 'NOT below'} the bound."
+        )
+    return lines
+
+
+def _fd_grid(report: dict[str, Any]) -> str:
+    res = report["results"]
+    nfes = sorted({r["nfe"] for r in res})
+    samplers = list(dict.fromkeys(r["sampler"] for r in res))
+    cell = {(r["sampler"], r["nfe"]): r["fd"] for r in res}
+    rows = [[s, *(_fmt(cell.get((s, k))) for k in nfes)] for s in samplers]
+    rows.append(["held-out real digits (floor)", *([_fmt(report["floor"]["fd"])] + [""] * (len(nfes) - 1))])
+    return markdown_table(["FD \\ NFE", *map(str, nfes)], rows)
+
+
+def _full_table(report: dict[str, Any]) -> str:
+    rows = [
+        [r["sampler"], r["nfe"], r["nfe_used"], _fmt(r["fd"]), f"{r['kid']:.4f} ± {r['kid_std']:.4f}",
+         _fmt(r["precision"], 2), _fmt(r["recall"], 2), f"{r['seconds_per_1000']:.1f}"]
+        + ([_fmt(r["sw"], 4), f"{r['mmd']:.2e}"] if "sw" in r else [])
+        for r in report["results"]
+    ]
+    f = report["floor"]
+    rows.append(["held-out real data", "", "", _fmt(f["fd"]), f"{f['kid']:.4f} ± {f['kid_std']:.4f}",
+                 _fmt(f["precision"], 2), _fmt(f["recall"], 2), ""] + ([_fmt(f["sw"], 4), f"{f['mmd']:.2e}"]
+                                                                       if "sw" in f else []))
+    header = ["sampler", "NFE", "NFE used", "FD", "KID", "precision", "recall", "s / 1000 samples"]
+    return markdown_table(header + (["SW2", "MMD^2"] if report["results"] and "sw" in report["results"][0] else []),
+                          rows)
+
+
+def _nll_section(nll: dict[str, Any]) -> list[str]:
+    rows = [[k, _fmt(v, 4) if isinstance(v, float) else v] for k, v in nll.items() if not isinstance(v, dict)]
+    return ["## Held-out likelihood", "", markdown_table(["quantity", "value"], rows), ""]
+
+
+def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
+    """report.md: what was measured, the headline checks, the FD table, the full table, the likelihood."""
+    m = report["machine"]
+    lines = [
+        f"# Sample quality: {report['recipe']}{', EMA weights' if report.get('ema') else ''}",
+        "",
+        f"{report['n']} samples per sampler and NFE, seed {report['seed']}; features: {report['features']}; "
+        f"reference: {report['reference']}; floor: {report['heldout']} held-out real samples against the same "
+        f"reference. Machine: {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, load average "
+        f"{m['load_average_1min']} at the end, {m['device']}, torch {m['torch']}.",
+        "",
+    ]
+    if report.get("note"):
+        lines += [f"Note: {report['note']}.", ""]
+    lines += [f"- {h}" for h in headline(report)] + [""]
+    if report["results"]:
+        lines += ["## Frechet distance by NFE", "", _fd_grid(report), ""]
+        if report.get("plot"):
+            lines += [f"![FD vs NFE]({report['plot']})", ""]
+        lines += ["## All metrics", "", _full_table(report), ""]
+    if report["skipped"]:
+        lines += ["## Skipped", ""] + [f"- {s['sampler']} at NFE {s['nfe']}: {s['reason']}" for s in report["skipped"]]
+        lines += [""]
+    for sampler, png in report.get("sheets", {}).items():
+        lines += [f"![{sampler} samples]({png})", ""]
+    if report.get("nll"):
+        lines += _nll_section(report["nll"])
+    path = Path(path)
+    path.write_text("\n".join(lines))
+    return path
