@@ -1,0 +1,128 @@
+"""Training throughput of kuosan's digits U-Net beside diffusers' UNet2DModel of the same widths.
+
+One training step = eps-prediction MSE (DDPM L_simple, Ho et al. 2020 eq. 14; book eq. 4.14) under
+DiscreteVP.linear(1000), AdamW, a batch of 8x8 digits. Both nets run in ONE loop, step by step interleaved,
+on the same batches, times and noise (one generator), so a change in machine load hits both alike.
+Reports samples/s and the loss after the same number of steps (the mean over the last 20 steps, and a
+held-out loss on fixed test digits, times and noise).
+
+    .venv/bin/python benchmarks/train_throughput.py                 # base 64, mults 1,2,2, batch 128, 200 steps
+    .venv/bin/python benchmarks/train_throughput.py --base 32 --mults 1,2 --steps 100 --only kuosan
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import kuosan
+from kuosan.data import load_digits
+from kuosan.nets import UNet, count_parameters
+
+
+def build_pair(base: int, mults: tuple[int, ...], blocks: int, groups: int, attn: int, seed: int):
+    """kuosan's UNet and diffusers' UNet2DModel with the same widths, depth, attention side and groups."""
+    torch.manual_seed(seed)
+    ours = UNet(1, base, mults, blocks, (attn,), groups=groups, image_size=8)
+    nets = {"kuosan": (ours, lambda x, t: ours(x, t))}
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        return nets
+    sides = [8 // 2**i for i in range(len(mults))]
+    torch.manual_seed(seed)
+    theirs = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=tuple(base * m for m in mults),
+        layers_per_block=blocks, norm_num_groups=groups, attention_head_dim=None,
+        down_block_types=tuple("AttnDownBlock2D" if s == attn else "DownBlock2D" for s in sides),
+        up_block_types=tuple("AttnUpBlock2D" if s == attn else "UpBlock2D" for s in reversed(sides)),
+    )
+    # DiscreteVP time t = (i+1)/N is diffusers' integer index i = N t - 1
+    nets["diffusers"] = (theirs, lambda x, t: theirs(x, (t * 1000 - 1).float()).sample)
+    return nets
+
+
+def batches(x0: torch.Tensor, proc, batch: int, steps: int, seed: int):
+    """The same (x_t, t, eps) stream for every net: digits, training times and noise from one generator."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = x0[torch.randint(0, len(x0), (batch,), generator=g)]
+        t = proc.sample_t(batch, generator=g)
+        eps = torch.randn(x.shape, generator=g)
+        a, s = (v.float()[:, None, None, None] for v in (proc.alpha(t), proc.sigma(t)))
+        yield a * x + s * eps, t, eps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--base", type=int, default=64)
+    p.add_argument("--mults", default="1,2,2")
+    p.add_argument("--blocks", type=int, default=2)
+    p.add_argument("--groups", type=int, default=32)
+    p.add_argument("--attn", type=int, default=4, help="feature-map side with attention")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=5, help="untimed first steps (still trained)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", choices=["kuosan", "diffusers"], default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    mults = tuple(int(m) for m in a.mults.split(","))
+    nets = build_pair(a.base, mults, a.blocks, a.groups, a.attn, a.seed)
+    if a.only:
+        nets = {a.only: nets[a.only]}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=a.lr) for k, (m, _) in nets.items()}
+    secs, losses = {k: [] for k in nets}, {k: [] for k in nets}
+    proc = kuosan.processes.DiscreteVP.linear(1000)
+    x_train, _ = load_digits("train")
+    load = [os.getloadavg()[0]]
+    for x_t, t, eps in batches(x_train, proc, a.batch, a.steps, a.seed):
+        for k, (_, fn) in nets.items():
+            t0 = time.perf_counter()
+            loss = F.mse_loss(fn(x_t, t), eps)
+            opts[k].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[k].step()
+            secs[k].append(time.perf_counter() - t0)
+            losses[k].append(loss.item())
+    load.append(os.getloadavg()[0])
+    report(a, nets, secs, losses, held_out_loss(nets, proc, a.seed), load)
+
+
+def report(a, nets, secs, losses, held_out, load) -> None:
+    """A markdown table: samples/s from the total and from the median step time (robust to load spikes)."""
+    mults = tuple(int(m) for m in a.mults.split(","))
+    print(f"# digits 8x8, batch {a.batch}, {a.steps} steps ({a.warmup} untimed), base {a.base}, mults {mults}, "
+          f"{a.blocks} res blocks, attention at {a.attn}x{a.attn}, groups {a.groups}, threads {a.threads}, "
+          f"1-min load {load[0]:.2f} -> {load[1]:.2f}")
+    print("| net | params | samples/s (total) | samples/s (median step) | steps/s | train loss (last 20) "
+          "| held-out loss |\n|---|---|---|---|---|---|---|")
+    rate = {}
+    for k, (net, _) in nets.items():
+        timed = secs[k][a.warmup :]
+        rate[k] = (a.batch * len(timed) / sum(timed), a.batch / statistics.median(timed))
+        print(f"| {k} | {count_parameters(net):,} | {rate[k][0]:.1f} | {rate[k][1]:.1f} | {rate[k][0] / a.batch:.2f} "
+              f"| {statistics.fmean(losses[k][-20:]):.4f} | {held_out[k]:.4f} |")
+    if len(nets) == 2:
+        print(f"throughput ratio kuosan / diffusers: {rate['kuosan'][0] / rate['diffusers'][0]:.2f}x (total), "
+              f"{rate['kuosan'][1] / rate['diffusers'][1]:.2f}x (median step)")
+
+@torch.no_grad()
+def held_out_loss(nets, proc, seed: int) -> dict[str, float]:
+    """eps-MSE on all 359 test digits, each at 4 fixed draws of (t, eps)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    x0 = load_digits("test")[0].repeat(4, 1, 1, 1)
+    t = proc.sample_t(len(x0), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    x_t = proc.alpha(t).float()[:, None, None, None] * x0 + proc.sigma(t).float()[:, None, None, None] * eps
+    return {k: F.mse_loss(fn(x_t, t), eps).item() for k, (_, fn) in nets.items()}
+
+if __name__ == "__main__":
+    main()

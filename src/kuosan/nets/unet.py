@@ -1,0 +1,199 @@
+"""The DDPM U-Net (Ho et al. 2020, arXiv:2006.11239, App. B; book sec. 4.1), kept lean for CPU training.
+
+    conv_in -> [ResBlock (+ Attention)] x num_res_blocks, Downsample   per level (none after the last)
+            -> ResBlock, Attention, ResBlock                           the middle
+            -> [ResBlock(cat skip) (+ Attention)] x (num_res_blocks + 1), Upsample   per level, reversed
+            -> GroupNorm, SiLU, conv_out
+
+Every ResBlock adds the embedding of t (and of the class y) through its own projection, as a bias or
+(scale_shift=True, Nichol & Dhariwal 2021, arXiv:2102.09672, sec. 3) as a FiLM scale and shift.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embeddings import ClassEmbedding, TimeEmbedding, embed
+
+__all__ = ["UNet"]
+
+
+def norm_groups(channels: int, groups: int) -> int:
+    """The largest group count <= groups that divides channels (GroupNorm needs a divisor)."""
+    g = max(1, min(groups, channels))
+    while channels % g:
+        g -= 1
+    return g
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero a layer's weights and bias, as DDPM does for the last conv of each residual branch."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv, + projection of emb, GN-SiLU-dropout-conv (zero-init), + skip (1x1 conv if widths differ)."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float, scale_shift: bool):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(norm_groups(c_in, groups), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out)
+        self.norm2 = nn.GroupNorm(norm_groups(c_out, groups), c_out)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = zero_(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.scale_shift = scale_shift
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # x (B, C_in, H, W), emb (B, E) after SiLU
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb(emb)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        else:
+            h = self.norm2(h + e)
+        return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
+
+
+class Attention(nn.Module):
+    """Self-attention over the H*W positions (DDPM App. B): GN, fused qkv 1x1 conv, SDPA, zero-init output."""
+
+    def __init__(self, channels: int, groups: int, head_dim: int | None):
+        super().__init__()
+        self.heads = channels // head_dim if head_dim else 1
+        if channels % self.heads:
+            raise ValueError(f"attention_head_dim={head_dim} must divide the {channels} channels")
+        self.norm = nn.GroupNorm(norm_groups(channels, groups), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, d)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        return x + self.proj(a.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class Downsample(nn.Module):
+    """3x3 conv with stride 2."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """DDPM U-Net: x (B, C, H, W), t (B,), y (B,) or None -> (B, C or 2C, H, W).
+
+    Args:
+        in_channels: image channels (1 grey, 3 RGB); base_channels: width of the first level.
+        channel_mults: width of each level as a multiple of base_channels; H and W must divide by
+            2^(levels - 1).
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_resolutions: feature-map sides (pixels) that get self-attention; needs image_size.
+        dropout: inside every residual block. num_classes: class conditioning (label num_classes = null).
+        learn_sigma: output 2 * in_channels (prediction, then the variance interpolation).
+        time_embedding: "sinusoidal" | "fourier"; time_scale multiplies t in the sinusoidal one.
+        groups: GroupNorm groups, lowered to a divisor of each width. image_size: the input side.
+        scale_shift: FiLM conditioning (improved DDPM) instead of an added bias.
+        attention_head_dim: channels per head; None = one head per attention layer (DDPM).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        channel_mults: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: tuple[int, ...] = (4,),
+        dropout: float = 0.0,
+        num_classes: int | None = None,
+        learn_sigma: bool = False,
+        time_embedding: str = "sinusoidal",
+        groups: int = 32,
+        image_size: int | None = None,
+        scale_shift: bool = False,
+        attention_head_dim: int | None = None,
+        time_scale: float = 1000.0,
+    ):
+        super().__init__()
+        if attention_resolutions and image_size is None:
+            raise ValueError(
+                f"attention_resolutions={tuple(attention_resolutions)} are feature-map sides: pass image_size "
+                "(the input side) so they can be placed, or attention_resolutions=()"
+            )
+        self.in_channels, self.levels = in_channels, len(channel_mults)
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        emb_dim = 4 * base_channels
+        self.time = TimeEmbedding(base_channels, emb_dim, time_embedding, time_scale)
+        self.label = ClassEmbedding(num_classes, emb_dim) if num_classes else None
+
+        def res(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(c_in, c_out, emb_dim, groups, dropout, scale_shift)
+
+        def attn(c: int, level: int) -> list[nn.Module]:
+            side = image_size // 2**level if image_size else None
+            return [Attention(c, groups, attention_head_dim)] if side in attention_resolutions else []
+
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.down, skips, ch = nn.ModuleList(), [base_channels], base_channels
+        for level, mult in enumerate(channel_mults):
+            for _ in range(num_res_blocks):
+                self.down.append(nn.ModuleList([res(ch, base_channels * mult), *attn(base_channels * mult, level)]))
+                ch = base_channels * mult
+                skips.append(ch)
+            if level < self.levels - 1:
+                self.down.append(nn.ModuleList([Downsample(ch)]))
+                skips.append(ch)
+        self.mid = nn.ModuleList([res(ch, ch), Attention(ch, groups, attention_head_dim), res(ch, ch)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mults))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(nn.ModuleList([res(ch + skips.pop(), base_channels * mult),
+                                              *attn(base_channels * mult, level)]))
+                ch = base_channels * mult
+            if level > 0:
+                self.up.append(nn.ModuleList([Upsample(ch)]))
+        self.out = nn.Sequential(nn.GroupNorm(norm_groups(ch, groups), ch), nn.SiLU())
+        self.conv_out = zero_(nn.Conv2d(ch, self.out_channels, 3, padding=1))
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet takes x of shape (batch, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        if x.shape[-1] % 2 ** (self.levels - 1) or x.shape[-2] % 2 ** (self.levels - 1):
+            raise ValueError(f"H and W must divide by 2^{self.levels - 1} ({self.levels} levels); got {tuple(x.shape)}")
+        emb = F.silu(embed(t, y, x, self.time, self.label))  # (B, 4 * base)
+        h = self.conv_in(x)
+        hs = [h]
+        for stage in self.down:
+            for layer in stage:
+                h = layer(h, emb)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for stage in self.up:
+            if not isinstance(stage[0], Upsample):
+                h = torch.cat([h, hs.pop()], dim=1)
+            for layer in stage:
+                h = layer(h, emb)
+        return self.conv_out(self.out(h))
