@@ -97,8 +97,8 @@ class Process(ABC):
     ) -> tuple[Tensor, Tensor]:
         """Draw x_t ~ q(x_t | x_0) = N(alpha x_0, sigma^2 I) (book eq. 4.8 generalised); returns (x_t, eps)."""
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        a, s = append_dims(self.alpha(t), x0.ndim), append_dims(self.sigma(t), x0.ndim)
-        return a * x0 + s * eps, eps
+        a, s = append_dims(self.alpha(t).to(x0.dtype), x0.ndim), append_dims(self.sigma(t).to(x0.dtype), x0.ndim)
+        return a * x0 + s * eps, eps  # in x0's dtype: float64 times must not promote a float32 batch
 
     def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """q(x_t | x_s) = N(alpha_{t|s} x_s, sigma_{t|s}^2 I) for s < t: returns (alpha_{t|s}, sigma^2_{t|s}).
