@@ -69,8 +69,16 @@ def _full_table(report: dict[str, Any]) -> str:
 
 
 def _nll_section(nll: dict[str, Any]) -> list[str]:
-    rows = [[k, _fmt(v, 4) if isinstance(v, float) else v] for k, v in nll.items() if not isinstance(v, dict)]
-    return ["## Held-out likelihood", "", markdown_table(["quantity", "value"], rows), ""]
+    unit = "bits/dim" if "ode_bpd" in nll else "nats/sample"
+    key = "bpd" if "ode_bpd" in nll else "nll"
+    rows = [["probability-flow ODE (RK45, " + ("Hutchinson, dequantised)" if key == "bpd" else "exact divergence)"),
+             _fmt(nll.get(f"ode_{key}")), _fmt(nll.get(f"ode_{key}_se")), nll.get("ode_nfe"), nll.get("ode_seconds")]]
+    if f"vlb_{key}" in nll:
+        rows.append(["DDPM variational bound (all terms)", _fmt(nll[f"vlb_{key}"]), _fmt(nll[f"vlb_{key}_se"]),
+                     nll["vlb_nfe"], nll["vlb_seconds"]])
+    lines = ["## Held-out likelihood", "", f"{nll['n']} held-out samples; {nll['data']}.", "",
+             markdown_table(["estimate", unit, "s.e.", "NFE", "seconds"], rows), ""]
+    return lines + ([f"DDPM bound not computed: {nll['vlb_note']}", ""] if "vlb_note" in nll else [])
 
 
 def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
