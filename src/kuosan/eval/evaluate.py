@@ -121,8 +121,10 @@ def draw_samples(
     seed: int = 0,
     batch_size: int = 1000,
     device: torch.device | str = "cpu",
+    num_classes: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """shape[0] samples by `method` with an `nfe` budget, in batches; returns (x, {nfe_used, seconds})."""
+    """shape[0] samples by `method` with an `nfe` budget, in batches; returns (x, {nfe_used, seconds}).
+    A class-conditional model (num_classes) gets the classes in turn, y = i mod num_classes."""
     from ..train import generate
 
     method = SAMPLER_ALIASES.get(method, method)
@@ -132,7 +134,9 @@ def draw_samples(
     for i in range(0, n, batch_size):
         denoiser.reset_nfe()
         b = min(batch_size, n - i)
-        batches.append(generate(denoiser, (b, *shape[1:]), method=method, nfe=nfe, generator=g, device=device).cpu())
+        cond = {"y": torch.arange(i, i + b, device=device) % num_classes} if num_classes else None
+        batches.append(generate(denoiser, (b, *shape[1:]), method=method, nfe=nfe, generator=g, device=device,
+                                cond=cond).cpu())
         evaluations = max(evaluations, denoiser.nfe)
     seconds = time.perf_counter() - start
     return torch.cat(batches), {"nfe_used": evaluations, "seconds": seconds, "seconds_per_1000": 1000 * seconds / n}

@@ -37,7 +37,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     }
 
 
-def _sweep(denoiser, shape, samplers, nfes, ref, seed, batch_size, device, log) -> tuple[list, list, dict]:
+def _sweep(denoiser, shape, samplers, nfes, ref, seed, batch_size, device, num_classes, log) -> tuple[list, list, dict]:
     """Every (sampler, NFE): samples, their quality and timing; skipped combinations with the reason."""
     from ..samplers import available
 
@@ -49,7 +49,7 @@ def _sweep(denoiser, shape, samplers, nfes, ref, seed, batch_size, device, log) 
         for nfe in nfes:
             try:
                 x, timing = draw_samples(denoiser, shape, sampler, nfe, seed=seed, batch_size=batch_size,
-                                         device=device)
+                                         device=device, num_classes=num_classes)
             except (ValueError, NotImplementedError) as err:
                 skipped.append({"sampler": sampler, "nfe": nfe, "reason": str(err).splitlines()[0]})
                 log(f"  {sampler:>14s} NFE {nfe:5d}: skipped ({err})")
@@ -81,6 +81,7 @@ def evaluate(
     batch_size: int = 1000,
     nll_n: int | None = None,
     device: torch.device | str = "cpu",
+    num_classes: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score `denoiser` against `ref` for every sampler and NFE, write report.md/json and figures into `out`."""
@@ -89,7 +90,7 @@ def evaluate(
     floor = quality(ref.heldout, ref)
     log(f"{name}: {len(ref.heldout)} held-out vs {len(ref.train)} training samples: FD {floor['fd']:.3f}")
     results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), list(nfes), ref, seed,
-                                      batch_size, device, log)
+                                      batch_size, device, num_classes, log)
     report: dict[str, Any] = {
         "recipe": name, **(meta or {}), "n": n, "seed": seed, "features": ref.features_name,
         "reference": f"{len(ref.train)} training samples", "heldout": len(ref.heldout), "note": ref.note,
@@ -102,7 +103,9 @@ def evaluate(
         s: plot_sample_sheet(sheet, out / f"samples-{s}.png", title=f"{name}: {s}, rows = NFE").name
         for s, sheet in sheets.items()
     }
-    if nll:
+    if nll and num_classes:
+        report["nll"] = {"skipped": "likelihoods are computed for unconditional models only"}
+    elif nll:
         from .nll import heldout_nll
 
         log("held-out likelihood ...")
@@ -143,4 +146,5 @@ def run_eval(
             "process": cfg.process.model_dump(mode="json")}
     return evaluate(denoiser, ref, data_shape, out if out is not None else ckpt.path.parents[1] / "eval",
                     samplers, nfes, n, nll, name=f"{cfg.name} (step {ckpt.step})", meta=meta, seed=seed,
-                    batch_size=batch_size, nll_n=nll_n, device=dev, log=log)
+                    batch_size=batch_size, nll_n=nll_n, device=dev, num_classes=ckpt.state.get("num_classes"),
+                    log=log)

@@ -69,6 +69,8 @@ def _full_table(report: dict[str, Any]) -> str:
 
 
 def _nll_section(nll: dict[str, Any]) -> list[str]:
+    if "skipped" in nll:
+        return ["## Held-out likelihood", "", nll["skipped"], ""]
     unit = "bits/dim" if "ode_bpd" in nll else "nats/sample"
     key = "bpd" if "ode_bpd" in nll else "nll"
     rows = [["probability-flow ODE (RK45, " + ("Hutchinson, dequantised)" if key == "bpd" else "exact divergence)"),
