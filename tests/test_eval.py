@@ -254,11 +254,11 @@ def test_heldout_nll_on_the_exact_mixture():
 
     gmm = toy_gmm()
     x = gmm.sample(30, generator=gen(3))
-    r = heldout_nll(gmm.denoiser(DiscreteVP.linear(1000)), x, levels=None)
+    r = heldout_nll(gmm.denoiser(DiscreteVP.linear(250)), x, levels=None)
     exact = float(-gmm.log_prob(x).mean())
     assert r["ode_nll"] == pytest.approx(exact, abs=0.01)
-    assert r["vlb_nll"] > exact  # seeded; the gap (about 1.1 nats here) is 2 s.e. of its one-draw-per-term noise
-    assert r["ode_nfe"] > 0 and r["vlb_nfe"] == 1000
+    assert r["vlb_nll"] > exact  # seeded; the gap (1.5 nats here) is 3 s.e. of its one-draw-per-term noise
+    assert r["ode_nfe"] > 0 and r["vlb_nfe"] == 250
 
 
 def test_to_uint8_maps_digit_levels():
