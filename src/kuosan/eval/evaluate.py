@@ -94,7 +94,7 @@ def build_reference(
     return Reference(kind, name, train, heldout, embed, embed(train).double(), note, levels)
 
 
-def quality(x: Tensor, ref: Reference, kid_subsets: int = 20, k: int = 3, max_size: int = 5000) -> dict[str, float]:
+def quality(x: Tensor, ref: Reference, kid_subsets: int = 20, k: int = 3, max_size: int = 2000) -> dict[str, float]:
     """FD, KID (mean, std over subsets of up to 1000), improved precision/recall (k-NN, equal set sizes of up to
     max_size) against ref.train; plus sliced Wasserstein-2 and Gaussian-kernel MMD^2 (equal sizes) on the points
     themselves for low-dimensional data."""

@@ -84,7 +84,7 @@ def frechet_distance(feats_a: Any, feats_b: Any) -> float:
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None = None, c: float = 1.0) -> Tensor:
     """k(x, y) = (gamma x.y + c)^degree with gamma = 1/D (KID's kernel, Binkowski et al. 2018, §3)."""
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
-    return (gamma * x @ y.T + c) ** degree
+    return torch.addmm(torch.full((), c, dtype=x.dtype), x, y.T, alpha=gamma).pow_(degree)
 
 
 def gaussian_kernel(x: Tensor, y: Tensor, bandwidth: float) -> Tensor:
