@@ -1,0 +1,144 @@
+"""What every sampler shares: one-call model evaluations at precomputed times, float64 grid coefficients,
+the step callback, Gaussian noise from a generator, and the final "denoise to zero".
+
+A sampler integrates from ts[0] down to ts[-1] (descending process times) and, with `denoise=True`, returns
+the x0 prediction at ts[-1]: the last step to t = 0 (sigma = 0), where every first-order exponential
+integrator reduces to x0 = D(x, t_min) (DPM-Solver++, arXiv:2211.01095, §3.3; EDM Algorithm 1, last line).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from ..predictions import Coefficients, from_x0_eps, to_x0_eps
+
+__all__ = ["BudgetExceeded", "Callback", "Model", "Step", "Schedule", "noise", "schedule", "dynamic_threshold"]
+
+
+class Step(NamedTuple):
+    """What a callback sees after step i: the new time t, the state x at t and the latest x0 prediction."""
+
+    i: int
+    t: Tensor
+    x: Tensor
+    x0: Tensor | None
+
+
+Callback = Callable[[Step], None]
+
+
+class BudgetExceeded(RuntimeError):
+    """An adaptive solver would need more network evaluations than its `nfe` budget allows."""
+
+
+class Schedule(NamedTuple):
+    """alpha, sigma and lambda = log(alpha/sigma) at each time as python floats (float64), for lean loops."""
+
+    t: Tensor
+    alpha: list[float]
+    sigma: list[float]
+    lam: list[float]
+
+
+def schedule(process, ts: Tensor) -> Schedule:
+    """alpha(t), sigma(t), lambda(t) of a float64 time grid, computed once (lambda = -inf where alpha = 0)."""
+    t64 = ts.detach().to("cpu", torch.float64)
+    return Schedule(
+        ts, process.alpha(t64).tolist(), process.sigma(t64).tolist(), process.log_snr(t64).tolist()
+    )
+
+
+def _linear(kind_in: str, kind_out: str, c: Coefficients) -> tuple[Tensor, Tensor]:
+    """(cx, co) with output(kind_out) = cx x + co out(kind_in): every prediction conversion is linear in (x, out)."""
+    one, zero = torch.ones_like(c.alpha), torch.zeros_like(c.alpha)
+
+    def convert(x: Tensor, out: Tensor) -> Tensor:
+        x0, eps = to_x0_eps(kind_in, out, x, c)
+        return from_x0_eps(kind_out, x0, eps, x, c)
+
+    return convert(one, zero), convert(zero, one)
+
+
+def _axpy(cx: float, x: Tensor, co: float, out: Tensor) -> Tensor:
+    """cx x + co out, skipping exact zeros and ones (so eps = out costs nothing for an eps network)."""
+    if cx == 0.0:
+        return out if co == 1.0 else co * out
+    if co == 0.0:
+        return cx * x
+    return torch.add(co * out, x, alpha=cx)
+
+
+class Model:
+    """A Denoiser evaluated at known float64 times; each call is one network evaluation (counted by the
+    Denoiser), converted to x0 / eps / velocity with conversion coefficients precomputed in float64."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        times: Tensor,
+        like: Tensor,
+        kinds: Sequence[str] = ("x0", "eps"),
+        cond: dict[str, Any] | None = None,
+    ):
+        p, t64 = denoiser.process, times.detach().to("cpu", torch.float64)
+        c = Coefficients(p.alpha(t64), p.sigma(t64), p.dalpha_dt(t64), p.dsigma_dt(t64))
+        self.denoiser, self.cond, self.batch = denoiser, cond or {}, like.shape[0]
+        self.t = t64.to(like.device)
+        self.coef: dict[str, list[tuple[float, float]]] = {}
+        for kind in kinds:
+            cx, co = _linear(denoiser.prediction, kind, c)
+            self.coef[kind] = list(zip(cx.tolist(), co.tolist(), strict=True))
+        self._times = t64
+
+    def raw(self, x: Tensor, i: int) -> Tensor:
+        """The network output at (x, times[i]): one evaluation."""
+        return self.denoiser(x, self.t[i].expand(self.batch), **self.cond)
+
+    def convert(self, kind: str, x: Tensor, out: Tensor, i: int) -> Tensor:
+        cx, co = self.coef[kind][i]
+        if not (math.isfinite(cx) and math.isfinite(co)):
+            raise ValueError(
+                f"a {self.denoiser.prediction!r} network cannot give {kind} at t={float(self._times[i]):g} "
+                f"(alpha={float(self.denoiser.process.alpha(self._times[i])):g}); start the grid where alpha > 0"
+            )
+        return _axpy(cx, x, co, out)
+
+    def x0(self, x: Tensor, i: int) -> Tensor:
+        return self.convert("x0", x, self.raw(x, i), i)
+
+    def eps(self, x: Tensor, i: int) -> Tensor:
+        return self.convert("eps", x, self.raw(x, i), i)
+
+    def velocity(self, x: Tensor, i: int) -> Tensor:
+        return self.convert("velocity", x, self.raw(x, i), i)
+
+    def x0_eps(self, x: Tensor, i: int) -> tuple[Tensor, Tensor]:
+        out = self.raw(x, i)
+        return self.convert("x0", x, out, i), self.convert("eps", x, out, i)
+
+
+def noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """z ~ N(0, I) shaped like x, drawn from `generator` (on x's device)."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) -> Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, arXiv:2205.11487, §2.3; DPM-Solver++ §3.2): per sample
+    s = clip(quantile_ratio |x0|, 1, max_value); x0 <- clip(x0, -s, s) / s."""
+    work = torch.float32 if x0.dtype in (torch.float16, torch.bfloat16) else x0.dtype  # quantile needs float32+
+    flat = x0.reshape(x0.shape[0], -1).abs().to(work)
+    s = torch.quantile(flat, ratio, dim=1).clamp(1.0, max_value).to(x0.dtype)
+    s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def report(callback: Callback | None, i: int, t: Tensor, x: Tensor, x0: Tensor | None) -> None:
+    """Call the user's callback, if any, after step i."""
+    if callback is not None:
+        callback(Step(i, t, x, x0))
