@@ -32,10 +32,11 @@ RECIPES = ("digits-ddpm", "digits-ncsn", "digits-sde-vp", "digits-edm")
 MODEL_NAMES = {"digits-ddpm": "DDPM", "digits-ncsn": "NCSN", "digits-sde-vp": "Score SDE (VP)", "digits-edm": "EDM"}
 
 
-def trained_run(recipe: str, runs: Path, steps: int | None) -> tuple[Path, float | None]:
-    """The run directory of `recipe`, trained to `steps` (the recipe's own by default) if it is not already."""
+def trained_run(recipe: str, runs: Path, steps: int | None, nfe: int | None) -> tuple[Path, float | None]:
+    """The run directory of `recipe`, trained to `steps` (the recipe's own by default) if it is not already;
+    nfe (quick runs) also cuts the end-of-training preview sampling."""
     run_dir = runs / recipe
-    overrides = [f"out_dir={run_dir}"] + ([f"train.steps={steps}"] if steps else [])
+    overrides = [f"out_dir={run_dir}"] + [f"train.steps={steps}"] * bool(steps) + [f"sample.nfe={nfe}"] * bool(nfe)
     cfg = load_config(resolve_recipe(recipe), overrides + ["train.progress=false"])
     try:
         done = int(find_checkpoint(run_dir).name.removeprefix("step-")) >= cfg.train.steps
@@ -75,9 +76,13 @@ def measure(run_dir: Path, samplers: list[tuple[str | None, int | None]], n: int
 
 
 def table(rows: list[dict], floor: dict) -> str:
-    body = [[r["model"], r["step"], r["sampler"], r["nfe_used"], f"{r['fd']:.3f}", f"{r['precision']:.2f}",
-             f"{r['recall']:.2f}", "—" if r["bpd"] is None else f"{r['bpd']:.3f}", f"{r['seconds_per_1000']:.1f}"]
-            for r in rows]
+    """One markdown table; a model's bits/dim (a property of the model, not of its sampler) on its first row."""
+    body, seen = [], set()
+    for r in rows:
+        bpd = "" if r["model"] in seen else "—" if r["bpd"] is None else f"{r['bpd']:.3f}"
+        seen.add(r["model"])
+        body.append([r["model"], r["step"], r["sampler"], r["nfe_used"], f"{r['fd']:.3f}", f"{r['precision']:.2f}",
+                     f"{r['recall']:.2f}", bpd, f"{r['seconds_per_1000']:.1f}"])
     body.append(["held-out real digits", "", "", "", f"{floor['fd']:.3f}", f"{floor['precision']:.2f}",
                  f"{floor['recall']:.2f}", "", ""])
     header = ["model", "steps", "sampler", "NFE", "FD", "precision", "recall", "bits/dim (ODE)", "s / 1000"]
@@ -104,7 +109,7 @@ def main() -> None:
         samplers.append((name, int(k)))
     rows, floor = [], None
     for recipe in args.recipes.split(","):
-        run_dir, seconds = trained_run(recipe, args.runs, args.steps)
+        run_dir, seconds = trained_run(recipe, args.runs, args.steps, args.nfe)
         how = f"trained in {seconds:.0f} s" if seconds else "loaded"
         print(f"{recipe}: {how} from {run_dir}", flush=True)
         rows += measure(run_dir, samplers, args.n, args.nll_n if args.nll else 0, args.seed)
