@@ -110,23 +110,20 @@ def test_ode_nll_in_t_and_in_logsnr_agree_and_float32_works():
 
 @pytest.mark.parametrize("name", ["VP", "DiscreteVP"])
 def test_fixed_step_methods_converge_at_their_order(name):
-    """Fitted log-log slope of |error| vs steps: Euler ~1, Heun ~2, RK4 ~4; RK4 with 32 steps within 1e-3 nats.
+    """Observed order log2(err(n) / err(2n)) at the finest pair: Euler ~1, Heun ~2, RK4 ~4 (measured 0.97, 2.05,
+    3.79); RK4 with 64 steps within 1e-5 nats. A wrong RK4 node (c_4 = 0.9) drops the last ratio to 1.7.
 
     In s = -lambda the DiscreteVP ODE has no kinks, so RK4 keeps its order (in t it drops to ~2.8, measured).
     """
     gmm, proc = mixture_2d(), PROCESSES[name]()
     model, x = gmm.denoiser(proc), data(gmm, 8)
     ref, prior = -gmm.log_prob(x, proc.t_min, proc), exact_prior(gmm, proc)
-    cases = {
-        "euler": ([16, 32, 64, 128], 1.0, 0.25),
-        "heun": ([8, 16, 32, 64], 2.0, 0.35),
-        "rk4": ([4, 8, 16, 32], 4.0, 0.5),
-    }
+    cases = {"euler": ((64, 128), 1.0, 0.25), "heun": ((32, 64), 2.0, 0.3), "rk4": ((32, 64), 4.0, 0.5)}
     for method, (steps, order, tol) in cases.items():
         errs = [(ode_nll(model, x, method=method, steps=n, prior_log_prob=prior) - ref).abs().mean() for n in steps]
-        slope = -np.polyfit(np.log(steps), np.log(torch.stack(errs).numpy()), 1)[0]
-        assert abs(slope - order) < tol, (method, slope, errs)
-    assert errs[-1] < 1e-3
+        observed = math.log2(errs[0] / errs[1])
+        assert abs(observed - order) < tol, (method, observed, errs)
+    assert errs[-1] < 1e-5
 
 
 def test_fixed_step_nfe_is_stages_times_steps():
@@ -251,15 +248,16 @@ def ddpm_posterior_mean(betas, alphas, ab, i, x0, x_t):
 
 
 def test_prior_kl_matches_quadrature():
+    """L_T = KL(q(x_N | x0) || N(0, 1)) by numeric integration, at t = 1 and at a mid time where sigma^2 = 0.25."""
     proc = DiscreteVP.linear(50, 1e-3, 0.3)
     x0 = torch.tensor([[0.7], [-1.3]], dtype=F64)
-    ab = ddpm_schedule(proc)[2][-1]
     z = torch.linspace(-12, 12, 200001, dtype=F64)
-    for i in range(2):
+    for i, n in ((0, 50), (1, 50), (0, 10), (1, 10)):
+        ab = ddpm_schedule(proc)[2][n - 1]
         q = torch.distributions.Normal(ab.sqrt() * x0[i, 0], (1 - ab).sqrt())
         p = torch.distributions.Normal(0.0, 1.0)
         kl = torch.trapezoid(q.log_prob(z).exp() * (q.log_prob(z) - p.log_prob(z)), z)
-        torch.testing.assert_close(prior_kl(proc, x0[i : i + 1], 1.0)[0], kl, atol=1e-8, rtol=0)
+        torch.testing.assert_close(prior_kl(proc, x0[i : i + 1], n / 50)[0], kl, atol=1e-8, rtol=0)
 
 
 def test_reverse_kl_matches_quadrature_in_1d():
