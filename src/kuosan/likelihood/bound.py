@@ -197,7 +197,7 @@ def ddpm_vlb(
     else:
         if not 1 <= n_timesteps <= N:
             raise ValueError(f"need 1 <= n_timesteps <= N={N}, got {n_timesteps}")
-        picks = torch.rand(B, N, generator=generator).argsort(1)[:, :n_timesteps].to(x.device)  # uniform, no repeats
+        picks = torch.rand(B, N, generator=generator, device=x.device).argsort(1)[:, :n_timesteps]  # no repeats
         for k in range(n_timesteps):
             total = total + (N / n_timesteps) * vlb_term(denoiser, x, picks[:, k], times, **kw)
     return total / (x[0].numel() * math.log(2)) if bits else total

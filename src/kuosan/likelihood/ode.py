@@ -133,7 +133,7 @@ def ode_nll(
     divergence: str = "exact",
     *,
     n_probes: int = 1,
-    probe: str = "gaussian",
+    probe: str = "rademacher",
     method: str = "rk45",
     steps: int = 100,
     rtol: float = 1e-5,
@@ -151,7 +151,9 @@ def ode_nll(
         model: a Denoiser; its `nfe` counts the evaluations spent (rk45: about 6 per accepted step).
         x: data (B, ...) in the model's input range; its dtype is the dtype the model is run in.
         divergence: "exact" (autograd, one backward pass per dimension: small D) or "hutchinson".
-        n_probes, probe: Hutchinson probes per sample, "gaussian" or "rademacher", averaged; drawn once per solve.
+        n_probes, probe: Hutchinson probes per sample, "rademacher" (default, as Score SDE) or "gaussian", averaged;
+            drawn once per solve. Rademacher's eps_i^2 = 1 makes the estimate exact on the diagonal of dv/dx, so
+            the large isotropic part of the PF-ODE Jacobian adds no variance (benchmarks/likelihood.py).
         method: "rk45" (adaptive, rtol/atol) or a fixed-step "euler" | "heun" | "rk4" with `steps` steps.
         t_min, t_max: integration range (default the process's); the result is the density at t_min.
         time_variable: integrate in "logsnr" (s = -lambda(t), the default) or in "t". In s the VP-type ODE
