@@ -271,6 +271,7 @@ def eval_(
     checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
     samplers: str = typer.Option("dpmpp-2m,ddim,ddpm", help="Comma-separated samplers (kuosan.samplers.available())."),
     nfe: str = typer.Option("5,10,20,50,1000", help="Comma-separated NFE budgets."),
+    nfe_for: list[str] = typer.Option([], "--nfe-for", help="Budgets of one sampler: --nfe-for dpmpp-2m=5,10,20."),
     n: int = typer.Option(1000, "--n", help="Samples per sampler and NFE."),
     nll: bool = typer.Option(False, "--nll", help="Add held-out bits/dim: PF-ODE (Hutchinson) and the DDPM bound."),
     nll_n: int | None = typer.Option(None, "--nll-n", help="Held-out samples for --nll (default: all)."),
@@ -284,7 +285,8 @@ def eval_(
     from .eval.report import run_eval
 
     try:
-        nfes = [int(k) for k in nfe.split(",") if k.strip()]
+        budgets = {"*": nfe, **dict(item.split("=", 1) for item in nfe_for)}
+        nfes = {s.strip(): [int(k) for k in v.split(",") if k.strip()] for s, v in budgets.items()}
         run_eval(checkpoint, [s.strip() for s in samplers.split(",") if s.strip()], nfes, n, nll, out_dir,
                  nll_n=nll_n, inception=inception, seed=seed, ema=ema, device=device,
                  log=lambda line: out.print(line, markup=False, highlight=False))

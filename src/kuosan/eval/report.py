@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def _sweep(denoiser, shape, samplers, nfes, ref, seed, batch_size, device, num_c
         if SAMPLER_ALIASES.get(sampler, sampler) not in available():
             skipped.append({"sampler": sampler, "nfe": None, "reason": "not a kuosan sampler"})
             continue
-        for nfe in nfes:
+        for nfe in nfes.get(sampler, nfes.get("*", ())) if isinstance(nfes, Mapping) else nfes:
             try:
                 x, timing = draw_samples(denoiser, shape, sampler, nfe, seed=seed, batch_size=batch_size,
                                          device=device, num_classes=num_classes)
@@ -71,7 +71,7 @@ def evaluate(
     data_shape: tuple[int, ...],
     out: str | Path,
     samplers: Sequence[str] = ("dpmpp-2m", "ddim", "ddpm"),
-    nfes: Sequence[int] = (5, 10, 20, 50, 1000),
+    nfes: Sequence[int] | Mapping[str, Sequence[int]] = (5, 10, 20, 50, 1000),
     n: int = 1000,
     nll: bool = False,
     *,
@@ -84,12 +84,13 @@ def evaluate(
     num_classes: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Score `denoiser` against `ref` for every sampler and NFE, write report.md/json and figures into `out`."""
+    """Score `denoiser` against `ref` for every sampler and NFE, write report.md/json and figures into `out`.
+    nfes: one list for every sampler, or {sampler: list} ("*": the list of samplers not named)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     floor = quality(ref.heldout, ref)
     log(f"{name}: {len(ref.heldout)} held-out vs {len(ref.train)} training samples: FD {floor['fd']:.3f}")
-    results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), list(nfes), ref, seed,
+    results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), nfes, ref, seed,
                                       batch_size, device, num_classes, log)
     report: dict[str, Any] = {
         "recipe": name, **(meta or {}), "n": n, "seed": seed, "features": ref.features_name,
@@ -121,7 +122,7 @@ def evaluate(
 def run_eval(
     checkpoint: str | Path,
     samplers: Sequence[str] = ("dpmpp-2m", "ddim", "ddpm"),
-    nfes: Sequence[int] = (5, 10, 20, 50, 1000),
+    nfes: Sequence[int] | Mapping[str, Sequence[int]] = (5, 10, 20, 50, 1000),
     n: int = 1000,
     nll: bool = False,
     out: str | Path | None = None,
