@@ -15,6 +15,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from ..denoiser import Denoiser
 from .abm import sample_eabm
 from .analytic import GammaTable, estimate_gamma, sample_analytic_ddim, sample_analytic_ddpm
 from .ancestral import sample_ancestral
-from .common import BudgetExceeded, Callback, Step, dynamic_threshold
+from .common import BudgetExceeded, Callback, Step, dynamic_threshold, schedule
 from .dpm_solver import sample_ddim, sample_dpm_solver, sample_dpmpp_2s, singlestep_orders
 from .flow import sample_flow_euler, sample_flow_midpoint
 from .grid import default_grid, make_ts
@@ -171,8 +172,13 @@ def available() -> list[str]:
 _DRIVER = {"generator", "callback", "denoise", "cond", "orders", "max_nfe"}
 
 
+@cache
+def _options_of(fn: Callable[..., Tensor]) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters) - {"denoiser", "x", "ts"} - _DRIVER
+
+
 def _check_options(name: str, m: Method, options: dict[str, Any]) -> None:
-    params = set(inspect.signature(m.fn).parameters) - {"denoiser", "x", "ts"} - _DRIVER
+    params = _options_of(m.fn)
     unknown = set(options) - params
     if unknown:
         raise ValueError(f"method {name!r} takes no option(s) {sorted(unknown)}; its options: {sorted(params)}")
@@ -209,16 +215,15 @@ def sample(
     m = METHODS[method]
     _check_options(method, m, options)
     if thresholding:
-        if "clip_x0" not in inspect.signature(m.fn).parameters:
+        if "clip_x0" not in _options_of(m.fn):
             raise ValueError(f"thresholding acts on x0 predictions; {method!r} is not a data-prediction solver")
         options["clip_x0"] = dynamic_threshold
     p = denoiser.process
     if nfe is None and not isinstance(grid, Tensor):
         raise ValueError("nfe=None needs an explicit grid tensor")
     kind = default_grid(p, m.grids, t_start, t_end) if grid is None else grid
-    t0 = p.t_max if t_start is None else t_start
-    infinite_start = not math.isfinite(p.log_snr(torch.tensor(float(grid[0]) if isinstance(grid, Tensor) else t0,
-                                                               dtype=torch.float64)).item())
+    t0 = float(grid[0]) if isinstance(grid, Tensor) else (p.t_max if t_start is None else t_start)
+    infinite_start = not math.isfinite(schedule(p, torch.tensor([t0], dtype=torch.float64)).lam[0])
     opts = {**m.defaults, **options}
     if isinstance(kind, Tensor):
         ts, ends_at_zero = make_ts(p, kind, 0)

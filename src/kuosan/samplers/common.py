@@ -9,6 +9,7 @@ integrator reduces to x0 = D(x, t_min) (DPM-Solver++, arXiv:2211.01095, §3.3; E
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..predictions import Coefficients, from_x0_eps, to_x0_eps
 
-__all__ = ["BudgetExceeded", "Callback", "Model", "Step", "Schedule", "noise", "schedule", "dynamic_threshold"]
+__all__ = ["BudgetExceeded", "Callback", "Model", "Step", "Schedule", "noise", "schedule", "dynamic_threshold", "memo"]
 
 
 class Step(NamedTuple):
@@ -38,7 +39,7 @@ class BudgetExceeded(RuntimeError):
 
 
 class Schedule(NamedTuple):
-    """alpha, sigma and lambda = log(alpha/sigma) at each time as python floats (float64), for lean loops."""
+    """A float64 time grid t with alpha, sigma and lambda = log(alpha/sigma) at each time as python floats."""
 
     t: Tensor
     alpha: list[float]
@@ -46,23 +47,59 @@ class Schedule(NamedTuple):
     lam: list[float]
 
 
+def per_process_cache(process, name: str) -> dict:
+    """A small dict cached on a process (grids and coefficients are pure functions of it); {} if it cannot hold one."""
+    try:
+        caches = _CACHES.setdefault(process, {})
+    except TypeError:  # an unhashable or non-weakref-able process: no caching
+        return {}
+    cache = caches.setdefault(name, {})
+    if len(cache) > 256:
+        cache.clear()
+    return cache
+
+
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def memo(process, name: str, key: tuple, compute: Callable[[], Any]) -> Any:
+    """compute(), remembered per process under (name, key): a grid's coefficients are computed once."""
+    cache = per_process_cache(process, name)
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def grid_key(ts: Tensor) -> tuple[float, ...]:
+    return tuple(ts.detach().to("cpu", torch.float64).tolist())
+
+
 def schedule(process, ts: Tensor) -> Schedule:
-    """alpha(t), sigma(t), lambda(t) of a float64 time grid, computed once (lambda = -inf where alpha = 0)."""
+    """alpha(t), sigma(t), lambda(t) of a time grid in float64, computed once per process and grid
+    (lambda = -inf where alpha = 0)."""
     t64 = ts.detach().to("cpu", torch.float64)
-    return Schedule(
-        ts, process.alpha(t64).tolist(), process.sigma(t64).tolist(), process.log_snr(t64).tolist()
-    )
+    return memo(process, "schedule", grid_key(t64), lambda: Schedule(
+        t64, process.alpha(t64).tolist(), process.sigma(t64).tolist(), process.log_snr(t64).tolist()))
 
 
-def _linear(kind_in: str, kind_out: str, c: Coefficients) -> tuple[Tensor, Tensor]:
-    """(cx, co) with output(kind_out) = cx x + co out(kind_in): every prediction conversion is linear in (x, out)."""
-    one, zero = torch.ones_like(c.alpha), torch.zeros_like(c.alpha)
+def _derivatives(process, sch: Schedule) -> tuple[list[float], list[float]]:
+    """alpha'(t), sigma'(t) on the grid (only velocity conversions need them)."""
+    return memo(process, "derivatives", grid_key(sch.t),
+                lambda: (process.dalpha_dt(sch.t).tolist(), process.dsigma_dt(sch.t).tolist()))
 
-    def convert(x: Tensor, out: Tensor) -> Tensor:
-        x0, eps = to_x0_eps(kind_in, out, x, c)
-        return from_x0_eps(kind_out, x0, eps, x, c)
 
-    return convert(one, zero), convert(zero, one)
+def _linear(kind_in: str, kind_out: str, c: Coefficients) -> tuple[float, float]:
+    """(cx, co) with output(kind_out) = cx x + co out(kind_in): every prediction conversion is linear in (x, out),
+    so applying predictions.py's own conversions to x = 1, out = 0 and x = 0, out = 1 gives the coefficients."""
+
+    def convert(x: float, out: float) -> float:
+        try:
+            x0, eps = to_x0_eps(kind_in, out, x, c)
+            return from_x0_eps(kind_out, x0, eps, x, c)
+        except ZeroDivisionError:  # e.g. x0 from eps where alpha = 0
+            return math.inf
+
+    return convert(1.0, 0.0), convert(0.0, 1.0)
 
 
 def _axpy(cx: float, x: Tensor, co: float, out: Tensor) -> Tensor:
@@ -86,15 +123,15 @@ class Model:
         kinds: Sequence[str] = ("x0", "eps"),
         cond: dict[str, Any] | None = None,
     ):
-        p, t64 = denoiser.process, times.detach().to("cpu", torch.float64)
-        c = Coefficients(p.alpha(t64), p.sigma(t64), p.dalpha_dt(t64), p.dsigma_dt(t64))
+        p, pred = denoiser.process, denoiser.prediction
+        sch = schedule(p, times)
+        n = len(sch.alpha)
+        da, ds = _derivatives(p, sch) if "velocity" in (pred, *kinds) else ([math.nan] * n, [math.nan] * n)
         self.denoiser, self.cond, self.batch = denoiser, cond or {}, like.shape[0]
-        self.t = t64.to(like.device)
-        self.coef: dict[str, list[tuple[float, float]]] = {}
-        for kind in kinds:
-            cx, co = _linear(denoiser.prediction, kind, c)
-            self.coef[kind] = list(zip(cx.tolist(), co.tolist(), strict=True))
-        self._times = t64
+        self.t = sch.t.to(like.device)
+        self.coef = {k: [_linear(pred, k, Coefficients(sch.alpha[i], sch.sigma[i], da[i], ds[i])) for i in range(n)]
+                     for k in kinds}
+        self._times = sch.t
 
     def raw(self, x: Tensor, i: int) -> Tensor:
         """The network output at (x, times[i]): one evaluation."""

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .common import Callback, Model, noise, report, schedule
+from .common import Callback, Model, grid_key, memo, noise, report, schedule
 
 __all__ = ["sample_ddim", "sample_dpm_solver", "sample_dpmpp_2s", "posterior_coefficients", "singlestep_orders"]
 
@@ -57,14 +57,14 @@ def sample_ddim(
 ) -> Tensor:
     """DDIM (Song et al. 2021, arXiv:2010.02502, eq. 12 and 16): x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z
     with c^2 = eta^2 times the posterior variance; eta = 0 is deterministic, eta = 1 is DDPM with beta-tilde."""
-    p, t64, n = denoiser.process, ts.to(torch.float64), len(ts) - 1
-    model = Model(denoiser, t64, x, cond=cond)
-    var = posterior_coefficients(p, t64[1:], t64[:-1])[2]
-    c2 = (eta**2 * var).tolist()
-    alpha, sigma = p.alpha(t64[1:]).tolist(), p.sigma(t64[1:]).tolist()
+    p, n = denoiser.process, len(ts) - 1
+    sch = schedule(p, ts)
+    var = memo(p, "posterior_var", grid_key(ts), lambda: posterior_coefficients(p, sch.t[1:], sch.t[:-1])[2].tolist())
+    c2 = [eta**2 * v for v in var]
+    model = Model(denoiser, ts, x, cond=cond)
     for i in range(n):
         x0, eps = model.x0_eps(x, i)
-        x = alpha[i] * x0 + math.sqrt(max(sigma[i] ** 2 - c2[i], 0.0)) * eps
+        x = sch.alpha[i + 1] * x0 + math.sqrt(max(sch.sigma[i + 1] ** 2 - c2[i], 0.0)) * eps
         if c2[i] > 0:
             x = x + math.sqrt(c2[i]) * noise(x, generator)
         report(callback, i, ts[i + 1], x, x0)
@@ -114,6 +114,10 @@ def dpmpp_2s(model: Model, x: Tensor, x0_s: Tensor, k: Sequence[int], c: dict[st
 def _singlestep_plan(process, ts: Tensor, orders: Sequence[int]) -> tuple[Tensor, list[list[int]], list[dict]]:
     """Model times (the grid, then every step's inner points at lam_s + r h), each step's indices into them
     [s, s1, s2] and its float64 coefficients: suffix "" for the step's end t, "1" / "2" for s1 / s2."""
+    return memo(process, "singlestep", (grid_key(ts), tuple(orders)), lambda: _plan(process, ts, orders))
+
+
+def _plan(process, ts: Tensor, orders: Sequence[int]) -> tuple[Tensor, list[list[int]], list[dict]]:
     sch, n = schedule(process, ts), len(ts) - 1
     inner, index = [], []
     for i, k in enumerate(orders):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..processes.base import Process
+from .common import per_process_cache
 
 __all__ = ["default_grid", "suits", "make_ts"]
 
@@ -36,11 +37,11 @@ def suits(process: Process, kind: str, t_start: float | None = None, t_end: floa
 
 
 def default_grid(process: Process, preferences: tuple[str, ...], t_start=None, t_end=None) -> str:
-    """The first preferred kind that suits the process, else the last preference."""
-    for kind in preferences:
-        if suits(process, kind, t_start, t_end):
-            return kind
-    return preferences[-1]
+    """The first preferred kind that suits the process, else the last preference (cached per process)."""
+    cache, key = per_process_cache(process, "default_grid"), (preferences, t_start, t_end)
+    if key not in cache:
+        cache[key] = next((k for k in preferences if suits(process, k, t_start, t_end)), preferences[-1])
+    return cache[key]
 
 
 def make_ts(
@@ -55,12 +56,21 @@ def make_ts(
         ts = grid.detach().to("cpu", torch.float64).flatten()
         if ts.numel() < 2 or not (ts[1:] < ts[:-1]).all():
             raise ValueError(f"an explicit grid must be a 1-D descending tensor of at least 2 times, got {grid}")
-    else:
+        return _strip_zero(process, ts, None, n, t_start, t_end, rho)
+    cache, key = per_process_cache(process, "grid"), (grid, n, t_start, t_end, rho)
+    if key not in cache:
         ts = process.timesteps(n, grid, t_start=t_start, t_end=t_end, rho=rho)
+        cache[key] = _strip_zero(process, ts, grid, n, t_start, t_end, rho)
+    ts, ends_at_zero = cache[key]
+    return ts.clone(), ends_at_zero
+
+
+def _strip_zero(process: Process, ts: Tensor, kind: str | None, n: int, t_start, t_end, rho) -> tuple[Tensor, bool]:
+    """Drop a last time where sigma = 0 (redrawing a grid of a kind with one more point)."""
     if process.sigma(ts[-1:]).item() > 0:
         return ts, False
-    if not isinstance(grid, Tensor):
-        ts = process.timesteps(n + 1, grid, t_start=t_start, t_end=t_end, rho=rho)
+    if kind is not None:
+        ts = process.timesteps(n + 1, kind, t_start=t_start, t_end=t_end, rho=rho)
     if ts.numel() < 3:
         raise ValueError("a grid ending at sigma = 0 needs at least one step before it")
     return ts[:-1], True

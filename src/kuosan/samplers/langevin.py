@@ -26,12 +26,15 @@ def langevin_corrector(
     generator: torch.Generator | None,
 ) -> Tensor:
     """Langevin corrector (Score SDE Algorithms 4-5): n_steps of x <- x + delta g + sqrt(2 delta) z with
-    g = score(x, t_j), delta = 2 alpha (snr ||z|| / ||g||)^2 per sample (alpha = 1 for VE, 1 - beta_i for VP)."""
+    g = score(x, t_j) and delta = 2 alpha (snr ||z|| / ||g||)^2 (alpha = 1 for VE, 1 - beta_i for VP).
+
+    As in the reference code, ||z|| and ||g|| are per-sample norms averaged over the batch: a per-sample
+    ratio explodes wherever the score vanishes (at the modes), which in low dimensions happens often."""
     for _ in range(n_steps):
         g = model.eps(x, j) * (-1 / sigma)
         z = noise(x, generator)
-        ratio = z.flatten(1).norm(dim=1) / g.flatten(1).norm(dim=1)
-        delta = (2 * alpha * snr**2) * ratio.square().reshape((-1,) + (1,) * (x.ndim - 1))
+        ratio = z.flatten(1).norm(dim=1).mean() / g.flatten(1).norm(dim=1).mean()
+        delta = 2 * alpha * (snr * ratio) ** 2
         x = x + delta * g + (2 * delta).sqrt() * z
     return x
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .common import Callback, Model, Schedule, report, schedule
+from .common import Callback, Model, Schedule, grid_key, memo, report, schedule
 from .multistep import _combine, multistep_orders
 
 __all__ = ["sample_unipc", "unipc_coefficients"]
@@ -94,9 +94,10 @@ def sample_unipc(
     x_n: the output is m_n + (x_n^c - x_n)/alpha_n, D linearised with d eps/dx = 0 (error O(sigma_n^2))."""
     if order not in (1, 2, 3):
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
-    s, n = schedule(denoiser.process, ts), len(ts) - 1
-    orders = multistep_orders(s, order, lower_order_final)
-    steps = [unipc_coefficients(s, i, k) for i, k in enumerate(orders)]
+    p, n = denoiser.process, len(ts) - 1
+    s = schedule(p, ts)
+    steps = memo(p, "unipc", (grid_key(ts), order, lower_order_final), lambda: [
+        unipc_coefficients(s, i, k) for i, k in enumerate(multistep_orders(s, order, lower_order_final))])
     model = Model(denoiser, ts, x, kinds=("x0",), cond=cond)
     clip = clip_x0 or (lambda v: v)
     history = [clip(model.x0(x, 0))]  # m_i, m_{i-1}, ... newest first
