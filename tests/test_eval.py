@@ -266,3 +266,27 @@ def test_to_uint8_maps_digit_levels():
 
     k = torch.arange(17, dtype=torch.float32)
     assert to_uint8(k / 8 - 1).tolist() == [round(255 * i / 16) for i in range(17)]
+
+
+@pytest.mark.slow  # training even 2 steps costs ~30 s here (build, checkpoint, preview)
+def test_kuosan_eval_command_on_a_tiny_run(tmp_path):
+    """`kuosan eval` end to end on a 2-step digits run: per-sampler budgets, a skipped sampler, the files."""
+    from typer.testing import CliRunner
+
+    from kuosan.cli import app, resolve_recipe
+    from kuosan.config import load_config
+    from kuosan.train import train_from_config
+
+    run = tmp_path / "run"
+    overrides = [f"out_dir={run}", "train.steps=2", "train.batch_size=8", "net.base_channels=8",
+                 "net.attention_resolutions=[]", "sample.nfe=2", "sample.n=2", "train.progress=false",
+                 "train.tensorboard=false"]
+    train_from_config(load_config(resolve_recipe("digits-ddpm"), overrides))
+    args = ["eval", str(run), "--samplers", "ddim,bogus", "--nfe", "2", "--nfe-for", "ddim=1,3", "--n", "40",
+            "--out", str(tmp_path / "ev")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert [(r["sampler"], r["nfe"]) for r in report["results"]] == [("ddim", 3)]
+    assert {(s["sampler"], s["nfe"]) for s in report["skipped"]} == {("ddim", 1), ("bogus", None)}
+    assert report["step"] == 2 and (tmp_path / "ev" / "samples-ddim.png").is_file()
