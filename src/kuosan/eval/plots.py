@@ -29,6 +29,8 @@ def plot_metric_vs_nfe(
 ) -> Path:
     """`metric` against NFE, log x (and log y), one line per sampler; the real-data floor as a dashed line."""
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=100)
     for sampler in dict.fromkeys(r["sampler"] for r in results):
         rows = sorted((r for r in results if r["sampler"] == sampler), key=lambda r: r["nfe"])
@@ -40,6 +42,10 @@ def plot_metric_vs_nfe(
     nfes = sorted({r["nfe"] for r in results})
     ax.set_xticks(nfes, [str(k) for k in nfes], minor=False)
     ax.set_xticks([], minor=True)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("NFE (network evaluations)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
