@@ -185,7 +185,7 @@ def ddpm_vlb(
     process = denoiser.process
     if x_is_uint8:
         x = x.to(dtype or torch.get_default_dtype()) / 127.5 - 1
-    times = ddpm_times(process) if times is None else torch.as_tensor(times, dtype=torch.float64).to(x.device)
+    times = (ddpm_times(process) if times is None else torch.as_tensor(times, dtype=torch.float64)).to(x.device)
     if times.ndim != 1 or not (times[1:] > times[:-1]).all():
         raise ValueError("times must be a 1-D ascending grid tau_1 < ... < tau_N")
     B, N = x.shape[0], times.numel()

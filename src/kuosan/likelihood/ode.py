@@ -83,7 +83,7 @@ def pf_ode_rhs(model, tc: TimeChange, batch: int, probes: Tensor | None) -> Rhs:
     """(s, x) -> (v dt/ds, div v dt/ds): the PF-ODE (book eq. 4.40) and the growth of delta = log p_t0 - log p_t."""
 
     def rhs(s: float, x: Tensor) -> tuple[Tensor, Tensor]:
-        t = tc.t_of_s(torch.tensor(s, dtype=torch.float64)).expand(batch)
+        t = tc.t_of_s(torch.tensor(s, dtype=torch.float64, device=x.device)).expand(batch)
         v, div = velocity_and_divergence(model, x, t, probes)
         k = tc.dt_ds(t)  # (B,)
         return v * k.to(v.dtype).reshape((-1,) + (1,) * (x.ndim - 1)), div.to(torch.float64) * k
@@ -92,6 +92,19 @@ def pf_ode_rhs(model, tc: TimeChange, batch: int, probes: Tensor | None) -> Rhs:
 
 
 # --- solvers ----------------------------------------------------------------------------------------
+def rk_step(rhs: Rhs, s: float, x: Tensor, h: float, tableau: Tableau) -> tuple[Tensor, Tensor]:
+    """One explicit Runge-Kutta step of the pair (x, delta): returns x(s + h) and the increment of delta."""
+    ks: list[tuple[Tensor, Tensor]] = []
+    for c, a in zip(tableau.c, tableau.a, strict=True):
+        x_i = x
+        for a_ij, (dx_j, _) in zip(a, ks, strict=False):
+            x_i = x_i + h * a_ij * dx_j
+        ks.append(rhs(s + c * h, x_i))
+    dx = sum(b_i * dx_i for b_i, (dx_i, _) in zip(tableau.b, ks, strict=True))
+    dd = sum(b_i * dd_i for b_i, (_, dd_i) in zip(tableau.b, ks, strict=True))
+    return x + h * dx, h * dd
+
+
 def solve_fixed(rhs: Rhs, x: Tensor, s0: float, s1: float, steps: int, tableau: Tableau) -> tuple[Tensor, Tensor]:
     """x(s1) and int_{s0}^{s1} d delta with `steps` equal steps of an explicit Runge-Kutta method."""
     if steps < 1:
@@ -99,13 +112,8 @@ def solve_fixed(rhs: Rhs, x: Tensor, s0: float, s1: float, steps: int, tableau: 
     delta = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     h = (s1 - s0) / steps
     for n in range(steps):
-        s = s0 + n * h
-        ks: list[tuple[Tensor, Tensor]] = []
-        for c, a in zip(tableau.c, tableau.a, strict=True):
-            x_i = x + h * sum((a_j * k[0] for a_j, k in zip(a, ks, strict=False)), torch.zeros_like(x))
-            ks.append(rhs(s + c * h, x_i))
-        x = x + h * sum((b * k[0] for b, k in zip(tableau.b, ks, strict=True)), torch.zeros_like(x))
-        delta = delta + h * sum(b * k[1] for b, k in zip(tableau.b, ks, strict=True))
+        x, d_delta = rk_step(rhs, s0 + n * h, x, h, tableau)
+        delta = delta + d_delta
     return x, delta
 
 
@@ -119,7 +127,7 @@ def solve_rk45(rhs: Rhs, x: Tensor, s0: float, s1: float, rtol: float, atol: flo
         return np.concatenate([dx.detach().cpu().double().flatten().numpy(), dd.detach().cpu().numpy()])
 
     y0 = np.concatenate([x.detach().cpu().double().flatten().numpy(), np.zeros(shape[0])])
-    sol = solve_ivp(fun, (s0, s1), y0, method="RK45", rtol=rtol, atol=atol)
+    sol = solve_ivp(fun, (s0, s1), y0, method="RK45", t_eval=[s1], rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"RK45 failed to integrate the probability-flow ODE: {sol.message}")
     y = torch.from_numpy(sol.y[:, -1])
