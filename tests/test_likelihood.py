@@ -24,11 +24,15 @@ from kuosan.likelihood import (
     divergence_exact,
     divergence_hutchinson,
     ode_nll,
+)
+from kuosan.likelihood.bound import (
+    decoder_nll_discretized,
+    decoder_nll_gaussian,
     prior_kl,
     reverse_kl,
+    step_variances,
     vlb_term,
 )
-from kuosan.likelihood.bound import decoder_nll_discretized, decoder_nll_gaussian, step_variances
 from kuosan.likelihood.divergence import draw_probes
 from kuosan.processes import VE, VP, DiscreteVP, SubVP
 
@@ -72,7 +76,10 @@ def test_probes_have_identity_second_moment(kind):
 @pytest.mark.parametrize("dim", list(MIXTURES))
 @pytest.mark.parametrize("name", list(PROCESSES))
 def test_ode_nll_exact_matches_closed_form(name, dim):
-    """-log p_{t_min}(x) through the PF-ODE equals the mixture's closed form within 1e-3 nats per sample."""
+    """-log p_{t_min}(x) through the PF-ODE equals the mixture's closed form within 1e-3 nats per sample.
+
+    A flipped divergence sign or a dropped prior term moves the result by several nats (checked by mutation).
+    """
     gmm, proc = MIXTURES[dim](), PROCESSES[name]()
     model, x = gmm.denoiser(proc), data(gmm, 6)
     nll = ode_nll(model, x, rtol=1e-7, atol=1e-7, prior_log_prob=exact_prior(gmm, proc))
@@ -124,6 +131,26 @@ def test_fixed_step_methods_converge_at_their_order(name):
         observed = math.log2(errs[0] / errs[1])
         assert abs(observed - order) < tol, (method, observed, errs)
     assert errs[-1] < 1e-5
+
+
+def test_image_shaped_inputs_give_the_flat_answers():
+    """(B, 2, 2, 2) data through ode_nll (exact and Hutchinson), bits_per_dim and ddpm_vlb equal the (B, 8) results."""
+    gmm, proc = mixture_8d(), DiscreteVP.linear(50, 2e-3, 0.4)
+    model, x = gmm.denoiser(proc), data(gmm, 3)
+    img = x.reshape(3, 2, 2, 2)
+    for kw in ({"method": "rk4", "steps": 4}, {"divergence": "hutchinson", "method": "euler", "steps": 3}):
+        flat = ode_nll(model, x, generator=torch.Generator().manual_seed(0), **kw)
+        torch.testing.assert_close(ode_nll(model, img, generator=torch.Generator().manual_seed(0), **kw), flat)
+    x8 = quantize(x, -8.0, 8.0)
+    kw = dict(data_range=(-8.0, 8.0), dtype=F64, method="rk4", steps=4)
+    flat = bits_per_dim(model, x8, generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(
+        bits_per_dim(model, x8.reshape(3, 2, 2, 2), generator=torch.Generator().manual_seed(0), **kw), flat
+    )
+    flat = ddpm_vlb(model, x / 8, generator=torch.Generator().manual_seed(0), n_timesteps=7)
+    torch.testing.assert_close(
+        ddpm_vlb(model, img / 8, generator=torch.Generator().manual_seed(0), n_timesteps=7), flat
+    )
 
 
 def test_fixed_step_nfe_is_stages_times_steps():
@@ -309,6 +336,22 @@ def test_every_vlb_term_matches_ddpm_formulas(variance):
             q = torch.distributions.Normal(mu_q, bt[j].sqrt())
             want = torch.distributions.kl_divergence(q, p).sum(1)
         torch.testing.assert_close(got, want, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("variance, fixed_v", [("beta", 1.0), ("beta_tilde", -1.0)])
+def test_every_vlb_term_equals_the_training_loss_term(variance, fixed_v):
+    """The bound's terms equal kuosan.losses.vlb_term (the hybrid loss's L_{t-1}, written separately) on 8-bit data."""
+    from kuosan.losses import vlb_term as loss_vlb_term
+
+    gmm, proc = mixture_2d(), DiscreteVP.linear(20, 1e-3, 0.4)
+    model = gmm.denoiser(proc)
+    x0 = quantize(data(gmm, 5) / 3, -1.0, 1.0).to(F64) / 127.5 - 1
+    times = (torch.arange(20, dtype=F64) + 1) / 20
+    for j in range(20):
+        idx = torch.full((5,), j)
+        ours = vlb_term(model, x0, idx, times, variance=variance, generator=torch.Generator().manual_seed(j))
+        theirs = loss_vlb_term(model, x0, idx, fixed_v=fixed_v, generator=torch.Generator().manual_seed(j))
+        torch.testing.assert_close(ours, theirs, atol=1e-9, rtol=1e-9)
 
 
 def test_decoders_match_torch_distributions():

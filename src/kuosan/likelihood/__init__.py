@@ -1,6 +1,6 @@
 """Likelihoods of chapter 4: exact -log p through the PF-ODE, bits/dim, and the DDPM bound (book §4.3.2, §4.1)."""
 
-from .bound import ddpm_vlb, prior_kl, reverse_kl, vlb_term
+from .bound import ddpm_vlb
 from .bpd import bits_per_dim, dequantize
 from .divergence import divergence_exact, divergence_hutchinson
 from .ode import METHODS, ode_nll
@@ -13,7 +13,4 @@ __all__ = [
     "dequantize",
     "divergence_exact",
     "divergence_hutchinson",
-    "prior_kl",
-    "reverse_kl",
-    "vlb_term",
 ]

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..losses.vlb import discretized_gaussian_log_likelihood, normal_kl
 from ..processes.base import append_dims
+
+if TYPE_CHECKING:
+    from ..denoiser import Denoiser
+    from ..processes.base import Process
 
 __all__ = [
     "DECODERS",
@@ -43,7 +48,7 @@ __all__ = [
 _LOG2PI = math.log(2 * math.pi)
 
 
-def ddpm_times(process) -> Tensor:
+def ddpm_times(process: Process) -> Tensor:
     """tau_1 < ... < tau_N, the N training times of a discrete process (DiscreteVP: i/N), ascending float64."""
     n = getattr(process, "n", None)
     if n is None:
@@ -51,7 +56,7 @@ def ddpm_times(process) -> Tensor:
     return process.timesteps(n, "trailing")[:-1].flip(0)
 
 
-def step_variances(process, times: Tensor) -> tuple[Tensor, Tensor]:
+def step_variances(process: Process, times: Tensor) -> tuple[Tensor, Tensor]:
     """(beta_i, beta~_i) for every step of the grid (N,): beta_1 = sigma(tau_1)^2, beta~_1 := beta~_2 (clipped)."""
     t, s = times[1:], times[:-1]
     _, beta = process.transition(s, t)
@@ -72,7 +77,7 @@ VARIANCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"beta": _upper, "bet
 
 
 # --- the three kinds of term ------------------------------------------------------------------------
-def prior_kl(process, x0: Tensor, t_N: Tensor | float) -> Tensor:
+def prior_kl(process: Process, x0: Tensor, t_N: Tensor | float) -> Tensor:
     """L_T = KL(N(alpha_N x0, sigma_N^2 I) || N(0, prior_std^2 I)) in nats per sample (Ho et al. 2020, eq. 5)."""
     t = torch.as_tensor(t_N, dtype=torch.float64, device=x0.device).expand(x0.shape[0])
     a, s = append_dims(process.alpha(t), x0.ndim), append_dims(process.sigma(t), x0.ndim)
@@ -80,7 +85,9 @@ def prior_kl(process, x0: Tensor, t_N: Tensor | float) -> Tensor:
     return normal_kl(a * x0, 2 * torch.log(s), torch.zeros_like(x0), log_var_prior).flatten(1).sum(1)
 
 
-def reverse_kl(process, x0: Tensor, x_t: Tensor, x0_hat: Tensor, log_var: Tensor, s: Tensor, t: Tensor) -> Tensor:
+def reverse_kl(
+    process: Process, x0: Tensor, x_t: Tensor, x0_hat: Tensor, log_var: Tensor, s: Tensor, t: Tensor
+) -> Tensor:
     """L_{i-1} = KL(q(x_s | x_t, x0) || N(mu(x_t, x0_hat), e^log_var)) per sample (book eq. 4.9-4.11; Ho eq. 8)."""
     mean_q, var_q = process.posterior(x_t, x0, s, t)
     mean_p, _ = process.posterior(x_t, x0_hat, s, t)
@@ -107,7 +114,9 @@ DECODERS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 
 
 # --- one term, and the sum ------------------------------------------------------------------------------
-def _reverse_x0_and_log_var(model, x_t: Tensor, t: Tensor, j: Tensor, betas: tuple[Tensor, Tensor], variance: str):
+def _reverse_x0_and_log_var(
+    model: Denoiser, x_t: Tensor, t: Tensor, j: Tensor, betas: tuple[Tensor, Tensor], variance: str
+) -> tuple[Tensor, Tensor]:
     """x0_theta(x_t, t) and the log-variance of p_theta for step j (per sample), from one network evaluation."""
     beta, beta_tilde = betas
     log_b, log_bt = append_dims(torch.log(beta[j]), x_t.ndim), append_dims(torch.log(beta_tilde[j]), x_t.ndim)
@@ -120,7 +129,7 @@ def _reverse_x0_and_log_var(model, x_t: Tensor, t: Tensor, j: Tensor, betas: tup
 
 
 def vlb_term(
-    model,
+    model: Denoiser,
     x0: Tensor,
     j: Tensor,
     times: Tensor,
@@ -151,7 +160,7 @@ def vlb_term(
 
 
 def ddpm_vlb(
-    denoiser,
+    denoiser: Denoiser,
     x: Tensor,
     *,
     times: Tensor | None = None,

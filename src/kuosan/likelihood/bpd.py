@@ -13,11 +13,15 @@ so y fills the data range. For any density p_c on [0, 256)^D, P(x) = int_bin p_c
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .ode import ode_nll
+
+if TYPE_CHECKING:
+    from ..denoiser import Denoiser
 
 __all__ = ["dequantize", "bits_per_dim"]
 
@@ -39,7 +43,7 @@ def dequantize(
 
 
 def bits_per_dim(
-    model,
+    model: Denoiser,
     x_uint8: Tensor,
     *,
     n_dequant: int = 1,

@@ -12,9 +12,13 @@ state x_t does not depend on the probes, the integrated estimate is unbiased for
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..denoiser import Denoiser
 
 __all__ = ["PROBES", "draw_probes", "divergence_exact", "divergence_hutchinson", "velocity_and_divergence"]
 
@@ -58,7 +62,9 @@ def divergence_hutchinson(v: Tensor, x: Tensor, probes: Tensor) -> Tensor:
     return (eps_J * probes).flatten(2).sum(2).mean(0)
 
 
-def velocity_and_divergence(model, x: Tensor, t: Tensor, probes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def velocity_and_divergence(
+    model: Denoiser, x: Tensor, t: Tensor, probes: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The PF-ODE velocity v(x, t) (book eq. 4.40) and its divergence, exact (probes None) or Hutchinson; detached."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)

@@ -15,7 +15,7 @@ data smoothed by N(0, sigma_min^2).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +23,10 @@ from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from .divergence import draw_probes, velocity_and_divergence
+
+if TYPE_CHECKING:
+    from ..denoiser import Denoiser
+    from ..processes.base import Process
 
 __all__ = ["ode_nll", "METHODS", "TABLEAUS"]
 
@@ -55,7 +59,7 @@ class TimeChange(NamedTuple):
     dt_ds: Callable[[Tensor], Tensor]
 
 
-def time_change(process, variable: str, t0: float, t1: float) -> TimeChange:
+def time_change(process: Process, variable: str, t0: float, t1: float) -> TimeChange:
     """s = t, or s = -lambda(t) = log(sigma/alpha) with dt/ds = 2 sigma^2 / g^2 (as dlambda/dt = -g^2 / (2 sigma^2)).
 
     In s = -lambda equal steps are equal factors of the noise-to-signal ratio, the natural scale near the data
@@ -79,7 +83,7 @@ def time_change(process, variable: str, t0: float, t1: float) -> TimeChange:
     raise ValueError(f"unknown time_variable {variable!r}; choose 't' or 'logsnr'")
 
 
-def pf_ode_rhs(model, tc: TimeChange, batch: int, probes: Tensor | None) -> Rhs:
+def pf_ode_rhs(model: Denoiser, tc: TimeChange, batch: int, probes: Tensor | None) -> Rhs:
     """(s, x) -> (v dt/ds, div v dt/ds): the PF-ODE (book eq. 4.40) and the growth of delta = log p_t0 - log p_t."""
 
     def rhs(s: float, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -136,7 +140,7 @@ def solve_rk45(rhs: Rhs, x: Tensor, s0: float, s1: float, rtol: float, atol: flo
 
 # --- the likelihood ---------------------------------------------------------------------------------
 def ode_nll(
-    model,
+    model: Denoiser,
     x: Tensor,
     divergence: str = "exact",
     *,
