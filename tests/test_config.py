@@ -61,6 +61,8 @@ def test_unknown_network_argument_is_rejected(tmp_path):
         ("process.kind=brownian", "process.kind"),
         ("train.ema_decay=1.5", "train.ema_decay"),
         ("prediction=noise", "prediction"),
+        ("data.name=spiral", "data.name"),
+        ("sample.method=dpm", "sample.method"),
     ],
 )
 def test_bad_value_names_key(tmp_path, override, key):

@@ -30,7 +30,13 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-FAST_SAMPLERS = (("dpmpp-2m", 20), ("dpm-solver-2", 20), ("ddim", 50))  # the demo's preference order
+# The demo's sampler: DDPM ancestral sampling (book Algorithm 2) on a 100-step subgrid, about a second for 64
+# digits. On this small, briefly trained U-Net the PF-ODE solvers (DDIM, DPM-Solver++ 2M at 20 NFE) leave
+# speckles (a few pixels far outside [-1, 1]); the ancestral sampler's fresh noise does not (docs/readme/train.md).
+DEMO_SAMPLER = ("ddpm", 100)
+# Single-threaded: on a CPU shared with other work, torch's second thread spends its time spin-waiting
+# (measured 5x slower per step under load); on an idle 2-core machine it costs little.
+DEMO_OVERRIDES = ["train.threads=1"]
 
 
 # --- recipes ---------------------------------------------------------------------------------------------
@@ -56,7 +62,8 @@ def resolve_recipe(name_or_path: str) -> Path:
         return p
     recipes = recipe_files()
     if p.stem in recipes and p.suffix in ("", ".yaml"):
-        return recipes[p.stem]
+        found = recipes[p.stem]
+        return found.relative_to(Path.cwd()) if found.is_relative_to(Path.cwd()) else found
     raise ConfigError(
         f"{name_or_path!r} is neither a config file nor a recipe; recipes: {', '.join(recipes) or '(none)'}"
     )
@@ -152,7 +159,9 @@ def sample_checkpoint(checkpoint, method, nfe, seed, n, out_path, ema=True, devi
     method, nfe, n = method or cfg.sample.method, nfe or cfg.sample.nfe, n or cfg.sample.n
     shape = (n, *ckpt.state["data_shape"])
     g = torch.Generator(dev).manual_seed(seed)
-    x = generate(denoiser, shape, method=method, nfe=nfe, generator=g, device=dev)
+    k = ckpt.state.get("num_classes")
+    cond = {"y": torch.arange(n, device=dev) % k} if k else None  # class-conditional: the classes in turn
+    x = generate(denoiser, shape, method=method, nfe=nfe, generator=g, device=dev, cond=cond)
     png = Path(out_path) if out_path else ckpt.path.parents[1] / f"samples-{method}-{nfe}.png"
     save_samples(x, png, title=f"{cfg.name}: {method}, {nfe} NFE, step {ckpt.step}")
     npz = save_npz(x, png.with_suffix(".npz"), method=method, nfe=nfe, seed=seed, step=ckpt.step)
@@ -216,26 +225,27 @@ def demo(
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a key of the digits-ddpm recipe."),
     fresh: bool = typer.Option(False, "--fresh", help="Retrain even if a finished demo run is there."),
 ) -> None:
-    """Train the digits-ddpm recipe on CPU (a few minutes), sample it with the best fast sampler, save a grid."""
+    """Train the digits-ddpm recipe on the CPU (a few minutes), sample 64 digits, save a grid and the raw samples."""
     import shutil
 
     from .train import find_checkpoint, train_from_config
 
     try:
-        cfg = load_config(resolve_recipe("digits-ddpm"), [*set_, f"out_dir={out_dir}"])
+        cfg = load_config(resolve_recipe("digits-ddpm"), [*DEMO_OVERRIDES, *set_, f"out_dir={out_dir}"])
         if fresh:
             shutil.rmtree(out_dir, ignore_errors=True)
-        done = _finished_step(out_dir) >= cfg.train.steps
+        step = _finished_step(out_dir)
+        done = step >= cfg.train.steps
         t0 = time.perf_counter()
         if done:
             out.print(f"{find_checkpoint(out_dir)} is already trained to {cfg.train.steps} steps (--fresh retrains)")
         else:
             out.print(f"training digits-ddpm ({cfg.train.steps} steps) into {out_dir} ...")
-            result = train_from_config(cfg, resume=True)
+            result = train_from_config(cfg, resume=step >= 0)  # a demo stopped half-way continues
             if result.interrupted:
                 raise typer.Exit(130)
         t1 = time.perf_counter()
-        method, nfe = best_fast_sampler(cfg.sample.method, cfg.sample.nfe)
+        method, nfe = DEMO_SAMPLER
         png, npz, x = sample_checkpoint(out_dir, method, nfe, 0, cfg.sample.n, out_dir / "samples.png")
     except _expected_errors() as err:
         raise _fail(err) from None
@@ -253,45 +263,6 @@ def _finished_step(run_dir: Path) -> int:
         return int(find_checkpoint(run_dir).name.removeprefix("step-"))
     except (FileNotFoundError, ValueError):
         return -1
-
-
-def best_fast_sampler(default: str, default_nfe: int) -> tuple[str, int]:
-    """The first of FAST_SAMPLERS that kuosan.samplers offers, else the recipe's own sampler."""
-    from . import samplers
-
-    available = set(samplers.available()) if hasattr(samplers, "available") else set()
-    for name, nfe in FAST_SAMPLERS:
-        if name in available:
-            return name, nfe
-    return default, default_nfe
-
-
-@app.command("eval")
-def eval_(
-    checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
-    samplers: str = typer.Option("dpmpp-2m,ddim,ddpm", help="Comma-separated samplers (kuosan.samplers.available())."),
-    nfe: str = typer.Option("5,10,20,50,1000", help="Comma-separated NFE budgets."),
-    nfe_for: list[str] = typer.Option([], "--nfe-for", help="Budgets of one sampler: --nfe-for dpmpp-2m=5,10,20."),
-    n: int = typer.Option(1000, "--n", help="Samples per sampler and NFE."),
-    nll: bool = typer.Option(False, "--nll", help="Add held-out bits/dim: PF-ODE (Hutchinson) and the DDPM bound."),
-    nll_n: int | None = typer.Option(None, "--nll-n", help="Held-out samples for --nll (default: all)."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Output directory (default <run>/eval)."),
-    inception: Path | None = typer.Option(None, "--inception", help="Local FID Inception weights (pytorch-fid)."),
-    seed: int = typer.Option(0, help="Seed of the prior noise, sampler noise and probes."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
-) -> None:
-    """Sample quality against NFE (FD, KID, precision/recall) per sampler: report.md/json, plot, sample sheets."""
-    from .eval.report import run_eval
-
-    try:
-        budgets = {"*": nfe, **dict(item.split("=", 1) for item in nfe_for)}
-        nfes = {s.strip(): [int(k) for k in v.split(",") if k.strip()] for s, v in budgets.items()}
-        run_eval(checkpoint, [s.strip() for s in samplers.split(",") if s.strip()], nfes, n, nll, out_dir,
-                 nll_n=nll_n, inception=inception, seed=seed, ema=ema, device=device,
-                 log=lambda line: out.print(line, markup=False, highlight=False))
-    except (*_expected_errors(), ImportError) as err:
-        raise _fail(err) from None
 
 
 def main() -> None:  # pragma: no cover - `python -m kuosan`

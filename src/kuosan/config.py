@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ConfigError",
@@ -91,11 +100,18 @@ class RectifiedFlowConfig(_Strict):
     t_min: float = Field(1e-3, ge=0, lt=1)
 
 
-ProcessConfig = Annotated[
-    Union[DiscreteVPConfig, VPConfig, SubVPConfig, VEConfig, EDMProcessConfig, RectifiedFlowConfig],
-    Field(discriminator="kind"),
-]
-PROCESS_KINDS = ("discretevp", "vp", "subvp", "ve", "edm", "rectified_flow")
+def _tagged_union(*models: type[BaseModel]) -> Any:
+    """A union told apart by `kind`; a section without `kind` is the first model (the default kind)."""
+    default = models[0].model_fields["kind"].default
+
+    def kind_of(v: Any) -> str:
+        return v.get("kind", default) if isinstance(v, dict) else getattr(v, "kind", default)
+
+    tagged = tuple(Annotated[m, Tag(m.model_fields["kind"].default)] for m in models)
+    return Annotated[Union[tagged], Discriminator(kind_of)]  # noqa: UP007 - a runtime-built union
+
+
+ProcessConfig = _tagged_union(DiscreteVPConfig, VPConfig, SubVPConfig, VEConfig, EDMProcessConfig, RectifiedFlowConfig)
 
 
 # --- network ------------------------------------------------------------------------------------------
@@ -151,6 +167,15 @@ class Toy2dData(_DataBase):
     name: str = "swiss_roll"
     n: int = Field(100_000, ge=1)
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from .data import TOY2D_NAMES
+
+        if name not in TOY2D_NAMES:
+            raise ValueError(f"unknown toy 2-D data set {name!r}; choose one of {', '.join(TOY2D_NAMES)}")
+        return name
+
 
 class DigitsData(_DataBase):
     """The 8x8 handwritten digits shipped with scikit-learn, scaled to [-1, 1]."""
@@ -178,7 +203,8 @@ class ArrayData(_DataBase):
     key: str | None = None
 
 
-DataConfig = Annotated[Union[Toy2dData, DigitsData, FolderData, ArrayData], Field(discriminator="kind")]
+DataConfig = _tagged_union(Toy2dData, DigitsData, FolderData, ArrayData)
+_TAGS = {"discretevp", "vp", "subvp", "ve", "edm", "rectified_flow", "toy2d", "digits", "folder", "array"}
 
 
 # --- loss, training, sampling -----------------------------------------------------------------------
@@ -206,6 +232,7 @@ class TrainConfig(_Strict):
     bf16: bool = False
     seed: int = Field(0, ge=0)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None: torch's default (1 under torchrun)
     ckpt_every: int = Field(1000, ge=0)  # 0: only at the end (and on Ctrl-C / SIGTERM)
     keep: int = Field(2, ge=1)  # checkpoints kept on disk
     sample_every: int = Field(0, ge=0)  # PNG sample grids during training; 0: only at the end
@@ -221,6 +248,15 @@ class SampleConfig(_Strict):
     nfe: int = Field(100, ge=1)
     n: int = Field(64, ge=1)
     seed: int = Field(0, ge=0)
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, method: str) -> str:
+        from .samplers import available
+
+        if method not in available():
+            raise ValueError(f"unknown sampler {method!r}; choose one of {', '.join(available())}")
+        return method
 
 
 class RunConfig(_Strict):
@@ -278,7 +314,7 @@ def _loc(tree: Any, loc: tuple[Any, ...]) -> str:
     """A dotted key from a pydantic error location, dropping the union tags ("process.ve.beta_min" -> ...)."""
     keys, node = [], tree
     for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+        if isinstance(node, dict) and part not in node and part in _TAGS:
             continue  # the discriminator tag pydantic inserts for a tagged union
         keys.append(str(part))
         node = node.get(part) if isinstance(node, dict) else None
@@ -292,7 +328,10 @@ def _explain(err: ValidationError, tree: dict[str, Any], source: str) -> ConfigE
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key {key!r}")
         elif e["type"] == "union_tag_invalid":
-            lines.append(f"{source}: {key}.kind: {e['msg']}")
+            ctx = e.get("ctx", {})
+            lines.append(
+                f"{source}: {key}.kind: unknown kind {ctx.get('tag')!r}; choose one of {ctx.get('expected_tags')}"
+            )
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: {key or '(top level)'}: {msg} (got {e.get('input')!r})")

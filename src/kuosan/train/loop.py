@@ -218,6 +218,8 @@ def fit(
     `callback(step, loss)` runs after every step (tests use it to simulate a crash).
     """
     run_dir = Path(run_dir)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     dist = setup(opts.device)
     if opts.batch_size % dist.world:
         raise ValueError(f"train.batch_size={opts.batch_size} must be divisible by the {dist.world} processes")
