@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -105,7 +105,6 @@ class Method:
     book: str
     plan: Plan
     grids: tuple[str, ...]
-    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stochastic(self) -> bool:
@@ -224,18 +223,21 @@ def sample(
     kind = default_grid(p, m.grids, t_start, t_end) if grid is None else grid
     t0 = float(grid[0]) if isinstance(grid, Tensor) else (p.t_max if t_start is None else t_start)
     infinite_start = not math.isfinite(schedule(p, torch.tensor([t0], dtype=torch.float64)).lam[0])
-    opts = {**m.defaults, **options}
     if isinstance(kind, Tensor):
         ts, ends_at_zero = make_ts(p, kind, 0)
-        n, extra, cost = m.plan(None, len(ts) - 1, infinite_start, opts)
+        n, extra, cost = m.plan(None, len(ts) - 1, infinite_start, options)
     else:
-        budget = nfe - int(denoise_final)
-        n, extra, cost = m.plan(budget, None, infinite_start, opts)
-        if n < 1:
-            raise ValueError(f"{method!r} cannot take a step with nfe={nfe}; give it a larger budget")
-        ts, ends_at_zero = make_ts(p, kind, n, t_start=t_start, t_end=t_end, rho=rho)
+        denoise = denoise_final
+        for _ in range(2):  # a grid ending at sigma = 0 (DDIM's integer grids) forces the final denoise
+            n, extra, cost = m.plan(nfe - int(denoise), None, infinite_start, options)
+            if n < 1:
+                raise ValueError(f"{method!r} cannot take a step with nfe={nfe}; give it a larger budget")
+            ts, ends_at_zero = make_ts(p, kind, n, t_start=t_start, t_end=t_end, rho=rho)
+            if denoise or not ends_at_zero:
+                break
+            denoise = True
     denoise = denoise_final or ends_at_zero
     if nfe is not None and cost + int(denoise) > nfe:
         raise ValueError(f"{method!r} on this grid needs {cost + int(denoise)} evaluations, more than nfe={nfe}")
     return m.fn(denoiser, x_T, ts, generator=generator, callback=callback, denoise=denoise, cond=cond,
-                **{**opts, **extra})
+                **{**options, **extra})

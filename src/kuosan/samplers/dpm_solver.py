@@ -72,9 +72,9 @@ def sample_ddim(
 
 
 # --- DPM-Solver (noise prediction), Lu et al. 2022, arXiv:2206.00927 ---------------------------------------
-def dpm_solver_1(x: Tensor, eps_s: Tensor, a: Sequence[float], sig_t: float, h: float) -> Tensor:
-    """DPM-Solver-1 (eq. 3.7): x_t = alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps_s; a = (alpha_t/alpha_s,)."""
-    return a[0] * x - sig_t * math.expm1(h) * eps_s
+def dpm_solver_1(x: Tensor, eps_s: Tensor, c: dict[str, float]) -> Tensor:
+    """DPM-Solver-1 (eq. 3.7): x_t = alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps_s."""
+    return c["a"] * x - c["sig"] * math.expm1(c["h"]) * eps_s
 
 
 def dpm_solver_2(model: Model, x: Tensor, eps_s: Tensor, k: Sequence[int], c: dict[str, float]) -> Tensor:
@@ -109,6 +109,9 @@ def dpmpp_2s(model: Model, x: Tensor, x0_s: Tensor, k: Sequence[int], c: dict[st
     u = c["q1"] * x - c["alp1"] * math.expm1(-c["h1"]) * x0_s
     d = (1 - 1 / (2 * r)) * x0_s + 1 / (2 * r) * clip(model.x0(u, k[1]))
     return c["q"] * x - c["alp"] * math.expm1(-h) * d
+
+
+_R = {1: (), 2: (0.5,), 3: (1 / 3, 2 / 3)}  # inner points at lam_s + r h (DPM-Solver's r1, r2)
 
 
 def _singlestep_plan(process, ts: Tensor, orders: Sequence[int]) -> tuple[Tensor, list[list[int]], list[dict]]:
@@ -146,9 +149,6 @@ def _ratio(v: list[float], i: int, m: int) -> float:
     return v[m] / v[i] if v[i] != 0 else math.inf
 
 
-_R = {1: (), 2: (0.5,), 3: (1 / 3, 2 / 3)}
-
-
 @torch.no_grad()
 def sample_dpm_solver(
     denoiser: Denoiser,
@@ -156,16 +156,15 @@ def sample_dpm_solver(
     ts: Tensor,
     *,
     orders: Sequence[int] | None = None,
-    order: int = 3,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """Singlestep DPM-Solver-1/2/3 in noise prediction (Lu et al. 2022, arXiv:2206.00927, eq. 3.7, Algorithms 1-2);
-    step i has order orders[i] (default `order` everywhere) and costs that many evaluations."""
+    step i has order orders[i] (default 3 everywhere) and costs that many evaluations."""
     n, p = len(ts) - 1, denoiser.process
-    orders = list(orders) if orders is not None else [order] * n
+    orders = list(orders) if orders is not None else [3] * n
     if len(orders) != n or not set(orders) <= {1, 2, 3}:
         raise ValueError(f"need one order in (1, 2, 3) per step: {n} steps, got orders={orders}")
     if p.alpha(ts[:1].to(torch.float64)).item() == 0:
@@ -176,7 +175,7 @@ def sample_dpm_solver(
     for i, k in enumerate(orders):
         eps_s = model.eps(x, index[i][0])
         if k == 1:
-            x = dpm_solver_1(x, eps_s, (coef[i]["a"],), coef[i]["sig"], coef[i]["h"])
+            x = dpm_solver_1(x, eps_s, coef[i])
         else:
             x = (dpm_solver_2 if k == 2 else dpm_solver_3)(model, x, eps_s, index[i], coef[i])
         report(callback, i, ts[i + 1], x, None)

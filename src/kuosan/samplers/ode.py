@@ -170,11 +170,10 @@ def sample_rk45(
     t_ends = ts[[0, -1]].to("cpu", torch.float64)
     al, sg = p.alpha(t_ends), p.sigma(t_ends)
     theta, r = torch.atan2(sg, al).tolist(), torch.hypot(al, sg).tolist()
-    limit = max_nfe
     start = denoiser.nfe
 
     def v(th: float, y: np.ndarray) -> np.ndarray:
-        if limit is not None and denoiser.nfe - start >= limit:
+        if max_nfe is not None and denoiser.nfe - start >= max_nfe:
             raise BudgetExceeded(f"rk45 needs more than {max_nfe} evaluations at rtol={rtol}, atol={atol}")
         t = p.t_of_log_snr(torch.tensor([-math.log(math.tan(th))], dtype=torch.float64))
         rt = torch.hypot(p.alpha(t), p.sigma(t)).item()

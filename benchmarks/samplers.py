@@ -1,0 +1,229 @@
+"""kuosan's ODE samplers beside diffusers' schedulers, driving the same exact Gaussian-mixture model.
+
+    .venv/bin/python benchmarks/samplers.py                 # NFE 5/10/20/50, both schedules, 2-D and 16-D
+    .venv/bin/python benchmarks/samplers.py --nfe 10 --quick
+
+For each DiscreteVP schedule (DDPM linear, Stable-Diffusion scaled_linear; N = 1000) and each mixture, every
+sampler starts from the same x_T at t = 1 and is scored by the RMS distance of its output to the tight
+probability-flow ODE endpoint (DOP853 at rtol = atol = 1e-12 in lambda, then the same final denoise at the
+last training step t = 1/N). diffusers' schedulers see the model through their integer timesteps: an
+eps-prediction at index i is the mixture's exact eps at t = (i + 1)/N (fractional indices interpolate as
+kuosan's DiscreteVP does). Each diffusers scheduler runs in the configurations that end at the last
+training step (its "linspace" spacing and Karras / log-SNR sigmas where it has them); the best one counts.
+
+Overhead: the same loops with a model that returns a cached tensor (no model time), microseconds per NFE,
+setup (grid, set_timesteps) included, median of repeats, torch on one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+import kuosan
+from kuosan.analytic import GaussianMixture
+from kuosan.processes import DiscreteVP
+
+F64 = torch.float64
+KUOSAN = ["euler", "heun", "ddim", "dpm-solver-2", "dpm-solver-3", "dpmpp-2s", "dpmpp-2m", "dpmpp-3m", "unipc", "eabm",
+          "flow-euler", "flow-midpoint"]
+SCHEDULES = {"linear": (DiscreteVP.linear, {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}),
+             "scaled_linear": (DiscreteVP.scaled_linear,
+                               {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012})}
+
+
+def mixture_2d() -> GaussianMixture:
+    """Three tilted 2-D Gaussians (the mixture of tests/conftest.py)."""
+    means = torch.tensor([[-1.5, 0.5], [1.0, 1.0], [0.5, -1.5]], dtype=F64)
+    covs = torch.tensor([[[0.30, 0.12], [0.12, 0.20]], [[0.10, -0.05], [-0.05, 0.25]], [[0.40, 0.0], [0.0, 0.05]]],
+                        dtype=F64)
+    return GaussianMixture(torch.tensor([0.5, 0.3, 0.2], dtype=F64), means, covs)
+
+
+def mixture_16d(seed: int = 0) -> GaussianMixture:
+    """Six random 16-D Gaussians with random full covariances A A^T / 16 + 0.02 I."""
+    g = torch.Generator().manual_seed(seed)
+    K, D = 6, 16
+    A = torch.randn(K, D, D, generator=g, dtype=F64)
+    covs = A @ A.transpose(1, 2) / D * 0.3 + 0.02 * torch.eye(D, dtype=F64)
+    return GaussianMixture(torch.rand(K, generator=g, dtype=F64) + 0.2, torch.randn(K, D, generator=g, dtype=F64), covs)
+
+
+def reference(model: kuosan.Denoiser, x_T: torch.Tensor) -> torch.Tensor:
+    """PF-ODE endpoint: dx~/dlambda = x0(x) - x~ with x~ = x/alpha (DOP853, rtol = atol = 1e-12), then x0 at t_min."""
+    p, shape = model.process, x_T.shape
+    t0, t1 = torch.tensor(p.t_max, dtype=F64), torch.tensor(p.t_min, dtype=F64)
+
+    def f(lam: float, y: np.ndarray) -> np.ndarray:
+        t = p.t_of_log_snr(torch.tensor(lam, dtype=F64))
+        x = torch.from_numpy(y).reshape(shape) * p.alpha(t)
+        return model.x0(x, t.expand(shape[0])).flatten().numpy() - y
+
+    y0 = (x_T / p.alpha(t0)).flatten().numpy()
+    sol = solve_ivp(f, (p.log_snr(t0).item(), p.log_snr(t1).item()), y0, method="DOP853", rtol=1e-12, atol=1e-12)
+    x1 = torch.from_numpy(sol.y[:, -1]).reshape(shape) * p.alpha(t1)
+    return model.x0(x1, t1.expand(shape[0]))
+
+
+# --- diffusers -----------------------------------------------------------------------------------------------
+def diffusers_configs(nfe: int) -> dict[str, tuple[Callable, dict, int]]:
+    """name -> (scheduler class, extra config, num_inference_steps) for a budget of nfe model calls."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    dpm = DPMSolverMultistepScheduler
+    heun_steps = (nfe + 1) // 2  # a Heun scheduler with N steps calls the model 2N - 1 times
+    return {
+        "DDIM leading": (DDIMScheduler, {}, nfe),  # the default spacing: starts at 1000 - 1000/N, not at t = 1
+        "DDIM trailing": (DDIMScheduler, {"timestep_spacing": "trailing"}, nfe),
+        "DPM++2M karras": (dpm, {"solver_order": 2, "use_karras_sigmas": True}, nfe),
+        "DPM++2M logsnr": (dpm, {"solver_order": 2, "use_lu_lambdas": True}, nfe),
+        "DPM++3M karras": (dpm, {"solver_order": 3, "use_karras_sigmas": True}, nfe),
+        "DPM++3M logsnr": (dpm, {"solver_order": 3, "use_lu_lambdas": True}, nfe),
+        "UniPC karras": (UniPCMultistepScheduler, {"use_karras_sigmas": True}, nfe),
+        "UniPC expsigma": (UniPCMultistepScheduler, {"use_exponential_sigmas": True}, nfe),
+        "Euler": (EulerDiscreteScheduler, {}, nfe),
+        "Euler karras": (EulerDiscreteScheduler, {"use_karras_sigmas": True}, nfe),
+        "Heun": (HeunDiscreteScheduler, {}, heun_steps),
+        "Heun karras": (HeunDiscreteScheduler, {"use_karras_sigmas": True}, heun_steps),
+    }
+
+
+def make_scheduler(cls, config: dict, schedule_kw: dict):
+    return cls(num_train_timesteps=1000, **schedule_kw, **config)
+
+
+def run_diffusers(sched, steps: int, eps_fn, x_T: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The denoising loop of a diffusers pipeline (set_timesteps, then scale / model / step per timestep);
+    returns the sample and the number of model calls."""
+    sched.set_timesteps(steps)
+    x = x_T
+    if type(sched).__name__.startswith(("Euler", "Heun")):  # these integrate x/alpha: start at sqrt(sigma_0^2 + 1) x_T
+        x = x_T * (sched.sigmas[0].double() ** 2 + 1).sqrt().to(x_T.dtype)
+    calls = 0
+    for t in sched.timesteps:
+        eps = eps_fn(sched.scale_model_input(x, t), t)
+        calls += 1
+        x = sched.step(eps, t, x).prev_sample
+    return x, calls
+
+
+def mixture_eps(gmm: GaussianMixture, proc: DiscreteVP) -> Callable:
+    """diffusers' model: eps at timestep index i (float or int) is the exact eps at t = (i + 1)/N."""
+
+    def eps(x: torch.Tensor, timestep) -> torch.Tensor:
+        t = (torch.as_tensor(timestep, dtype=F64) + 1) / proc.n
+        return gmm.eps(x, t.expand(x.shape[0]), proc)
+
+    return eps
+
+
+# --- the tables ----------------------------------------------------------------------------------------------
+def accuracy(nfes: list[int], batch: int) -> None:
+    for sched_name, (make, schedule_kw) in SCHEDULES.items():
+        for mix_name, gmm in (("2-D", mixture_2d()), ("16-D", mixture_16d())):
+            proc = make()
+            model = gmm.denoiser(proc)
+            x_T = proc.prior_sample((batch, gmm.dim), generator=torch.Generator().manual_seed(0), dtype=F64)
+            ref = reference(model, x_T)
+            print(f"\n## {sched_name}, {mix_name} mixture: RMS endpoint error vs the tight PF-ODE ({batch} samples)")
+            rows: dict[str, list[float]] = {}
+            for nfe in nfes:
+                for m in KUOSAN:
+                    model.reset_nfe()
+                    x = kuosan.sample(model, x_T, m, nfe=nfe)
+                    assert model.nfe <= nfe
+                    rows.setdefault(f"kuosan {m}", []).append(_rms(x, ref))
+                for name, (cls, cfg, steps) in diffusers_configs(nfe).items():
+                    sched = make_scheduler(cls, cfg, schedule_kw)
+                    x, calls = run_diffusers(sched, steps, mixture_eps(gmm, proc), x_T)
+                    assert calls <= nfe, (name, calls)
+                    rows.setdefault(f"diffusers {name}", []).append(_rms(x, ref))
+            _print_table(rows, nfes)
+
+
+def _rms(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return (x.double() - ref).square().mean().sqrt().item()
+
+
+def _print_table(rows: dict[str, list[float]], nfes: list[int], fmt: str = "{:.2e}") -> None:
+    """Markdown table with the ratio of the best kuosan row to the best diffusers row per column."""
+    best_k = [min(v[j] for k, v in rows.items() if k.startswith("kuosan")) for j in range(len(nfes))]
+    best_d = [min(v[j] for k, v in rows.items() if k.startswith("diffusers")) for j in range(len(nfes))]
+    print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+    print("|---|" + "---|" * len(nfes))
+    for k, v in rows.items():
+        print(f"| {k} | " + " | ".join(fmt.format(e) for e in v) + " |")
+    ratios = " | ".join(f"**{a / b:.2f}**" for a, b in zip(best_k, best_d, strict=True))
+    print(f"| **best kuosan / best diffusers** | {ratios} |")
+
+
+def overhead(nfes: list[int], batch: int, repeats: int) -> None:
+    """Per-NFE sampler overhead with a model that returns a cached tensor; samplers interleaved per repeat."""
+    print(f"\n## per-NFE overhead in microseconds (model excluded; batch {batch} x 16 float32, median of {repeats})")
+    proc = DiscreteVP.linear()
+    cached = torch.randn(batch, 16, dtype=torch.float32)
+    x_T = torch.randn(batch, 16, dtype=torch.float32)
+    model = kuosan.Denoiser(lambda x, t: cached, proc)
+    rows: dict[str, list[float]] = {}
+    for nfe in nfes:
+        runs: dict[str, Callable] = {f"kuosan {m}": partial(kuosan.sample, model, x_T, m, nfe=nfe) for m in KUOSAN}
+        for name, (cls, cfg, steps) in diffusers_configs(nfe).items():
+            sched = make_scheduler(cls, cfg, SCHEDULES["linear"][1])  # built once, as a pipeline does
+            runs[f"diffusers {name}"] = partial(run_diffusers, sched, steps, lambda x, t: cached, x_T)
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for fn in runs.values():
+            fn()  # warm up (and fill kuosan's per-process grid caches, as any second call would)
+        for _ in range(repeats):
+            for k, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        for k, v in times.items():
+            rows.setdefault(k, []).append(statistics.median(v) / nfe * 1e6)
+    _print_table(rows, nfes, "{:.0f}")
+
+
+def rk45_line(batch: int) -> None:
+    """The adaptive solver: evaluations it chose and its error, on the linear schedule and the 2-D mixture."""
+    proc, gmm = DiscreteVP.linear(), mixture_2d()
+    model = gmm.denoiser(proc)
+    x_T = proc.prior_sample((batch, gmm.dim), generator=torch.Generator().manual_seed(0), dtype=F64)
+    ref = reference(model, x_T)
+    print("\n## kuosan rk45 (adaptive; linear schedule, 2-D mixture)")
+    print("| rtol = atol | NFE used | RMS error |\n|---|---|---|")
+    for tol in (1e-3, 1e-5, 1e-7):
+        model.reset_nfe()
+        x = kuosan.sample(model, x_T, "rk45", nfe=100_000, rtol=tol, atol=tol)
+        print(f"| {tol:g} | {model.nfe} | {_rms(x, ref):.2e} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nfe", default="5,10,20,50")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--quick", action="store_true", help="the accuracy tables only")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    nfes = [int(v) for v in args.nfe.split(",")]
+    accuracy(nfes, args.batch)
+    if not args.quick:
+        rk45_line(args.batch)
+        overhead(nfes, args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
