@@ -265,5 +265,33 @@ def _finished_step(run_dir: Path) -> int:
         return -1
 
 
+@app.command("eval")
+def eval_(
+    checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
+    samplers: str = typer.Option("dpmpp-2m,ddim,ddpm", help="Comma-separated samplers (kuosan.samplers.available())."),
+    nfe: str = typer.Option("5,10,20,50,1000", help="Comma-separated NFE budgets."),
+    nfe_for: list[str] = typer.Option([], "--nfe-for", help="Budgets of one sampler: --nfe-for dpmpp-2m=5,10,20."),
+    n: int = typer.Option(1000, "--n", help="Samples per sampler and NFE."),
+    nll: bool = typer.Option(False, "--nll", help="Add held-out bits/dim: PF-ODE (Hutchinson) and the DDPM bound."),
+    nll_n: int | None = typer.Option(None, "--nll-n", help="Held-out samples for --nll (default: all)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output directory (default <run>/eval)."),
+    inception: Path | None = typer.Option(None, "--inception", help="Local FID Inception weights (pytorch-fid)."),
+    seed: int = typer.Option(0, help="Seed of the prior noise, sampler noise and probes."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+) -> None:
+    """Sample quality against NFE (FD, KID, precision/recall) per sampler: report.md/json, plot, sample sheets."""
+    from .eval.report import run_eval
+
+    try:
+        budgets = {"*": nfe, **dict(item.split("=", 1) for item in nfe_for)}
+        nfes = {s.strip(): [int(k) for k in v.split(",") if k.strip()] for s, v in budgets.items()}
+        run_eval(checkpoint, [s.strip() for s in samplers.split(",") if s.strip()], nfes, n, nll, out_dir,
+                 nll_n=nll_n, inception=inception, seed=seed, ema=ema, device=device,
+                 log=lambda line: out.print(line, markup=False, highlight=False))
+    except (*_expected_errors(), ImportError) as err:
+        raise _fail(err) from None
+
+
 def main() -> None:  # pragma: no cover - `python -m kuosan`
     app(prog_name="kuosan")
