@@ -83,7 +83,7 @@ def main() -> None:
     proc = kuosan.processes.DiscreteVP.linear(1000)
     x_train, _ = load_digits("train")
     load = [os.getloadavg()[0]]
-    for x_t, t, eps in batches(x_train, proc, a.batch, a.steps, a.seed):
+    for step, (x_t, t, eps) in enumerate(batches(x_train, proc, a.batch, a.steps, a.seed)):
         for k, (_, fn) in nets.items():
             t0 = time.perf_counter()
             loss = F.mse_loss(fn(x_t, t), eps)
@@ -92,6 +92,8 @@ def main() -> None:
             opts[k].step()
             secs[k].append(time.perf_counter() - t0)
             losses[k].append(loss.item())
+        if (step + 1) % 20 == 0:
+            print(f"step {step + 1}: " + ", ".join(f"{k} {sum(v[-20:]):.1f}s" for k, v in secs.items()), flush=True)
     load.append(os.getloadavg()[0])
     report(a, nets, secs, losses, held_out_loss(nets, proc, a.seed), load)
 

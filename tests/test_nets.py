@@ -175,7 +175,7 @@ def _port_res(o, d) -> None:
 def _port_attn(o, d) -> None:
     _copy(o.norm, d.group_norm)
     with torch.no_grad():
-        o.qkv.weight.copy_(torch.cat([d.to_q.weight, d.to_k.weight, d.to_v.weight])[:, :, None, None])
+        o.qkv.weight.copy_(torch.cat([d.to_q.weight, d.to_k.weight, d.to_v.weight]))
         o.qkv.bias.copy_(torch.cat([d.to_q.bias, d.to_k.bias, d.to_v.bias]))
     _copy(o.proj, d.to_out[0])
 
