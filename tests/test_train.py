@@ -167,22 +167,22 @@ def test_resume_with_another_seed_is_refused(tmp_path):
 
 # --- NaN ------------------------------------------------------------------------------------------------
 def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg, data = toy_config(ckpt_every=2), toy_data(200, 0)
+    cfg, data = toy_config(ckpt_every=3), toy_data(200, 0)
     calls = {"n": 0}
     base = build_loss(cfg.loss)
 
     def poisoned(denoiser, x0, **kw):
         calls["n"] += 1
         loss = base(denoiser, x0, **kw)
-        return loss * math.nan if calls["n"] == 5 else loss
+        return loss * math.nan if calls["n"] == 8 else loss
 
     with pytest.raises(TrainingDiverged) as e:
         run(cfg, tmp_path, data, loss_fn=poisoned)
     msg = str(e.value)
-    assert "nan at step 5" in msg and "step-00000004" in msg, msg
+    assert "the loss is nan at step 8" in msg and "checkpoints/step-00000006 (step 6)" in msg, msg
     ckpt = load_checkpoint(tmp_path)
-    assert ckpt.step == 4 and all(torch.isfinite(v).all() for v in ckpt.weights.values())
-    assert not (tmp_path / "checkpoints" / "step-00000005").exists()
+    assert ckpt.step == 6 and all(torch.isfinite(v).all() for v in ckpt.weights.values())
+    assert not (tmp_path / "checkpoints" / "step-00000008").exists()
 
 
 def test_nan_before_any_checkpoint_says_so(tmp_path):

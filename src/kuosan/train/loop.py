@@ -142,7 +142,7 @@ class _Run:
 
     def _diverged(self, what: str, value: float) -> TrainingDiverged:
         last = (
-            f"the last good checkpoint is {self.last_ckpt} (step {self.step})"
+            f"the last good checkpoint is {self.last_ckpt} (step {int(self.last_ckpt.name.removeprefix('step-'))})"
             if self.last_ckpt
             else "no checkpoint had been written yet"
         )
@@ -194,7 +194,8 @@ class _Run:
             den, (sample.n, *data.shape[1:]), method=sample.method, nfe=sample.nfe, generator=g, device=self.dist.device
         )
         ref = data[:2000] if data.ndim == 2 else None
-        return save_samples(x, self.run_dir / "samples" / f"step-{self.step:08d}.png", ref, f"step {self.step}")
+        title = f"{self.run_dir.name}: step {self.step}, {sample.method} ({sample.nfe} NFE)"
+        return save_samples(x, self.run_dir / "samples" / f"step-{self.step:08d}.png", ref, title)
 
 
 def fit(
