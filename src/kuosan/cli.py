@@ -1,11 +1,13 @@
 """The `kuosan` command: train a recipe, sample a checkpoint, inspect one, list recipes, run the demo.
 
-kuosan train toy2d-ddpm --set train.steps=2000        # a recipe name or a YAML path
-torchrun --nproc_per_node=2 -m kuosan train digits-ddpm
-kuosan sample runs/toy2d-ddpm --method dpmpp-2m --nfe 20 --n 1000
-kuosan info runs/toy2d-ddpm
-kuosan recipes
-kuosan demo                                             # = make demo
+    kuosan train toy2d-ddpm --set train.steps=2000        # a recipe name or a YAML path
+    torchrun --nproc_per_node=2 -m kuosan train digits-ddpm
+    kuosan sample runs/toy2d-ddpm --method dpmpp-2m --nfe 20 --n 1000
+    kuosan info runs/toy2d-ddpm
+    kuosan recipes
+    kuosan demo                                             # = make demo
+
+Only this module (and serve) reads config files; errors the user can fix are printed as one message.
 """
 
 from __future__ import annotations

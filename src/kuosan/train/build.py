@@ -1,10 +1,12 @@
 """The one registry from a validated RunConfig to objects: process, network, denoiser, data, loss.
 
-process = build_process(cfg.process)
-data = build_data(cfg.data, cfg.train.seed)                    # Dataset(x (N, ...), labels, num_classes)
-net = build_network(cfg, data.shape, data.num_classes)
-denoiser = build_denoiser(cfg, net)
-denoiser, cfg, ckpt = load_model("runs/digits-ddpm")           # back from a checkpoint (EMA weights)
+    process = build_process(cfg.process)
+    data = build_data(cfg.data, cfg.train.seed)                    # Dataset(x (N, ...), labels, num_classes)
+    net = build_network(cfg, data.shape, data.num_classes)
+    denoiser = build_denoiser(cfg, net)
+    denoiser, cfg, ckpt = load_model("runs/digits-ddpm")           # back from a checkpoint (EMA weights)
+
+Every config `kind` becomes an object here (networks through kuosan.nets.build_net; STYLE.md rule 8).
 """
 
 from __future__ import annotations
