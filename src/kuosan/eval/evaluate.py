@@ -94,16 +94,29 @@ def build_reference(
     return Reference(kind, name, train, heldout, embed, embed(train).double(), note, levels)
 
 
+def nearest_train_distance(x: Tensor, train: Tensor, chunk: int = 1024) -> Tensor:
+    """Euclidean distance (in data space) from each row of x to its nearest training sample, (N,)."""
+    x, train = x.flatten(1).double(), train.flatten(1).double()
+    return torch.cat([torch.cdist(x[i : i + chunk], train).min(1).values for i in range(0, len(x), chunk)])
+
+
 def quality(x: Tensor, ref: Reference, kid_subsets: int = 20, k: int = 3, max_size: int = 2000) -> dict[str, float]:
     """FD, KID (mean, std over subsets of up to 1000), improved precision/recall (k-NN, equal set sizes of up to
     max_size) against ref.train; plus sliced Wasserstein-2 and Gaussian-kernel MMD^2 (equal sizes) on the points
-    themselves for low-dimensional data."""
+    themselves for low-dimensional data.
+
+    fd_matched: FD of the first len(ref.heldout) samples only, the size of the floor (FD's small-sample bias
+    is then the floor's). nn_ratio: median distance from a sample to its nearest training sample over the
+    same median for held-out data; well below 1 means samples copy training data.
+    """
     f = ref.embed(x).double()
     m = min(len(f), len(ref.train_features), max_size)
     kid_mean, kid_std = kid(f, ref.train_features, n_subsets=kid_subsets, subset_size=min(m, 1000))
     precision, recall = precision_recall(subsample(ref.train_features, m), subsample(f, m), k=k)
-    out = {"fd": frechet_distance(f, ref.train_features), "kid": kid_mean, "kid_std": kid_std,
-           "precision": precision, "recall": recall}
+    nn_heldout = nearest_train_distance(ref.heldout, ref.train).median()
+    out = {"fd": frechet_distance(f, ref.train_features), "fd_matched": frechet_distance(f[: len(ref.heldout)],
+           ref.train_features), "kid": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
+           "nn_ratio": float(nearest_train_distance(x, ref.train).median() / nn_heldout)}
     if ref.kind == "points":
         a, b = subsample(x.double(), m), subsample(ref.train.double(), m)
         out["sw"] = sliced_wasserstein(a, b)

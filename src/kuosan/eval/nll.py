@@ -85,4 +85,6 @@ def heldout_nll(
         else:
             out[key], out[key + "_se"] = _mean_se(bound)
             out["vlb_nfe"], out["vlb_seconds"] = nfe, round(sec, 1)
+            ode = bpd if levels is not None else nll
+            out["ode_minus_vlb"], out["ode_minus_vlb_se"] = _mean_se(ode.cpu().double() - bound.cpu().double())
     return out

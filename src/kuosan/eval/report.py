@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .evaluate import SAMPLER_ALIASES, Reference, build_reference, draw_samples, quality
@@ -37,8 +38,9 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     }
 
 
-def _sweep(denoiser, shape, samplers, nfes, ref, seed, batch_size, device, num_classes, log) -> tuple[list, list, dict]:
-    """Every (sampler, NFE): samples, their quality and timing; skipped combinations with the reason."""
+def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log) -> tuple[list, list, dict]:
+    """Every (sampler, NFE): samples (saved to out/samples/<sampler>-<nfe>.npz), their quality and timing;
+    skipped combinations with the reason. draw_kw: seed, batch_size, device, num_classes for draw_samples."""
     from ..samplers import available
 
     results, skipped, sheets = [], [], {}
@@ -48,8 +50,7 @@ def _sweep(denoiser, shape, samplers, nfes, ref, seed, batch_size, device, num_c
             continue
         for nfe in nfes.get(sampler, nfes.get("*", ())) if isinstance(nfes, Mapping) else nfes:
             try:
-                x, timing = draw_samples(denoiser, shape, sampler, nfe, seed=seed, batch_size=batch_size,
-                                         device=device, num_classes=num_classes)
+                x, timing = draw_samples(denoiser, shape, sampler, nfe, **draw_kw)
             except (ValueError, NotImplementedError) as err:
                 skipped.append({"sampler": sampler, "nfe": nfe, "reason": str(err).splitlines()[0]})
                 log(f"  {sampler:>14s} NFE {nfe:5d}: skipped ({err})")
@@ -57,6 +58,8 @@ def _sweep(denoiser, shape, samplers, nfes, ref, seed, batch_size, device, num_c
             if not torch.isfinite(x).all():
                 skipped.append({"sampler": sampler, "nfe": nfe, "reason": "samples are not finite"})
                 continue
+            (out / "samples").mkdir(exist_ok=True)
+            np.savez_compressed(out / "samples" / f"{sampler}-{nfe}.npz", samples=x.numpy())
             row = {"sampler": sampler, "nfe": nfe, **timing, **quality(x, ref)}
             results.append(row)
             sheets.setdefault(sampler, {})[nfe] = x[:16]
@@ -90,8 +93,8 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     floor = quality(ref.heldout, ref)
     log(f"{name}: {len(ref.heldout)} held-out vs {len(ref.train)} training samples: FD {floor['fd']:.3f}")
-    results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), nfes, ref, seed,
-                                      batch_size, device, num_classes, log)
+    draw_kw = {"seed": seed, "batch_size": batch_size, "device": device, "num_classes": num_classes}
+    results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), nfes, ref, out, draw_kw, log)
     report: dict[str, Any] = {
         "recipe": name, **(meta or {}), "n": n, "seed": seed, "features": ref.features_name,
         "reference": f"{len(ref.train)} training samples", "heldout": len(ref.heldout), "note": ref.note,

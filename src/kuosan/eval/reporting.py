@@ -35,8 +35,10 @@ def headline(report: dict[str, Any], fast_nfe: int = 10, reference: tuple[str, i
     nll = report.get("nll") or {}
     if nll.get("ode_bpd") is not None and nll.get("vlb_bpd") is not None:
         below = nll["ode_bpd"] < nll["vlb_bpd"]
+        paired = (f" (paired difference {nll['ode_minus_vlb']:.3f} ± {nll['ode_minus_vlb_se']:.3f} s.e.)"
+                  if "ode_minus_vlb" in nll else "")
         lines.append(
-            f"Bits/dim: PF-ODE {nll['ode_bpd']:.3f} vs DDPM bound {nll['vlb_bpd']:.3f}: "
+            f"Bits/dim: PF-ODE {nll['ode_bpd']:.3f} vs DDPM bound {nll['vlb_bpd']:.3f}{paired}: "
             f"the ODE is {'below' if below else 'NOT below'} the bound."
         )
     return lines
@@ -52,20 +54,21 @@ def _fd_grid(report: dict[str, Any]) -> str:
     return markdown_table(["FD \\ NFE", *map(str, nfes)], rows)
 
 
+def _metric_cells(r: dict[str, Any]) -> list[str]:
+    cells = [_fmt(r["fd"]), _fmt(r.get("fd_matched")), f"{r['kid']:.2f} ± {r['kid_std']:.2f}",
+             _fmt(r["precision"], 2), _fmt(r["recall"], 2), _fmt(r.get("nn_ratio"), 2)]
+    return cells + ([_fmt(r["sw"], 4), f"{r['mmd']:.2e}"] if "sw" in r else [])
+
+
 def _full_table(report: dict[str, Any]) -> str:
-    rows = [
-        [r["sampler"], r["nfe"], r["nfe_used"], _fmt(r["fd"]), f"{r['kid']:.4f} ± {r['kid_std']:.4f}",
-         _fmt(r["precision"], 2), _fmt(r["recall"], 2), f"{r['seconds_per_1000']:.1f}"]
-        + ([_fmt(r["sw"], 4), f"{r['mmd']:.2e}"] if "sw" in r else [])
-        for r in report["results"]
-    ]
-    f = report["floor"]
-    rows.append(["held-out real data", "", "", _fmt(f["fd"]), f"{f['kid']:.4f} ± {f['kid_std']:.4f}",
-                 _fmt(f["precision"], 2), _fmt(f["recall"], 2), ""] + ([_fmt(f["sw"], 4), f"{f['mmd']:.2e}"]
-                                                                       if "sw" in f else []))
-    header = ["sampler", "NFE", "NFE used", "FD", "KID", "precision", "recall", "s / 1000 samples"]
-    return markdown_table(header + (["SW2", "MMD^2"] if report["results"] and "sw" in report["results"][0] else []),
-                          rows)
+    rows = [[r["sampler"], r["nfe"], r["nfe_used"], *_metric_cells(r), f"{r['seconds_per_1000']:.1f}"]
+            for r in report["results"]]
+    rows.append(["held-out real data", "", "", *_metric_cells(report["floor"]), ""])
+    header = ["sampler", "NFE", "NFE used", "FD", f"FD ({report['heldout']})", "KID ± std", "precision", "recall",
+              "NN ratio", "s / 1000 samples"]
+    if "sw" in report["floor"]:
+        header[-1:-1] = ["SW2", "MMD^2"]
+    return markdown_table(header, rows)
 
 
 def _nll_section(nll: dict[str, Any]) -> list[str]:
@@ -78,6 +81,8 @@ def _nll_section(nll: dict[str, Any]) -> list[str]:
     if f"vlb_{key}" in nll:
         rows.append(["DDPM variational bound (all terms)", _fmt(nll[f"vlb_{key}"]), _fmt(nll[f"vlb_{key}_se"]),
                      nll["vlb_nfe"], nll["vlb_seconds"]])
+        rows.append(["ODE − bound (paired, per sample)", _fmt(nll["ode_minus_vlb"]), _fmt(nll["ode_minus_vlb_se"]),
+                     "", ""])
     lines = ["## Held-out likelihood", "", f"{nll['n']} held-out samples; {nll['data']}.", "",
              markdown_table(["estimate", unit, "s.e.", "NFE", "seconds"], rows), ""]
     return lines + ([f"DDPM bound not computed: {nll['vlb_note']}", ""] if "vlb_note" in nll else [])
@@ -102,7 +107,10 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
         lines += ["## Frechet distance by NFE", "", _fd_grid(report), ""]
         if report.get("plot"):
             lines += [f"![FD vs NFE]({report['plot']})", ""]
-        lines += ["## All metrics", "", _full_table(report), ""]
+        lines += ["## All metrics", "", f"FD ({report['heldout']}): FD of the first {report['heldout']} samples only, "
+                  "the floor's sample size and so its small-sample bias. KID: mean ± std over subsets, in feature "
+                  "units. NN ratio: median distance from a sample to its nearest training sample over the same for "
+                  "held-out data (well below 1: copying).", "", _full_table(report), ""]
     if report["skipped"]:
         lines += ["## Skipped", ""] + [f"- {s['sampler']} at NFE {s['nfe']}: {s['reason']}" for s in report["skipped"]]
         lines += [""]
