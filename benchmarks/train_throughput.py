@@ -79,42 +79,46 @@ def main() -> None:
     if a.only:
         nets = {a.only: nets[a.only]}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=a.lr) for k, (m, _) in nets.items()}
-    secs, losses = {k: [] for k in nets}, {k: [] for k in nets}
+    secs, cpu, losses = ({k: [] for k in nets} for _ in range(3))
     proc = kuosan.processes.DiscreteVP.linear(1000)
     x_train, _ = load_digits("train")
     load = [os.getloadavg()[0]]
     for step, (x_t, t, eps) in enumerate(batches(x_train, proc, a.batch, a.steps, a.seed)):
         for k, (_, fn) in nets.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             loss = F.mse_loss(fn(x_t, t), eps)
             opts[k].zero_grad(set_to_none=True)
             loss.backward()
             opts[k].step()
             secs[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
             losses[k].append(loss.item())
         if (step + 1) % 20 == 0:
             print(f"step {step + 1}: " + ", ".join(f"{k} {sum(v[-20:]):.1f}s" for k, v in secs.items()), flush=True)
     load.append(os.getloadavg()[0])
-    report(a, nets, secs, losses, held_out_loss(nets, proc, a.seed), load)
+    report(a, nets, secs, cpu, losses, held_out_loss(nets, proc, a.seed), load)
 
 
-def report(a, nets, secs, losses, held_out, load) -> None:
-    """A markdown table: samples/s from the total and from the median step time (robust to load spikes)."""
+def report(a, nets, secs, cpu, losses, held_out, load) -> None:
+    """A markdown table: samples/s from the total and from the median step time (robust to load spikes), and
+    the median CPU time of a step (all threads; with --threads 1 the cleanest measure on a shared machine)."""
     mults = tuple(int(m) for m in a.mults.split(","))
     print(f"# digits 8x8, batch {a.batch}, {a.steps} steps ({a.warmup} untimed), base {a.base}, mults {mults}, "
           f"{a.blocks} res blocks, attention at {a.attn}x{a.attn}, groups {a.groups}, threads {a.threads}, "
           f"1-min load {load[0]:.2f} -> {load[1]:.2f}")
-    print("| net | params | samples/s (total) | samples/s (median step) | steps/s | train loss (last 20) "
+    print("| net | params | samples/s (total) | samples/s (median step) | CPU ms/step (median) | train loss (last 20) "
           "| held-out loss |\n|---|---|---|---|---|---|---|")
     rate = {}
     for k, (net, _) in nets.items():
         timed = secs[k][a.warmup :]
         rate[k] = (a.batch * len(timed) / sum(timed), a.batch / statistics.median(timed))
-        print(f"| {k} | {count_parameters(net):,} | {rate[k][0]:.1f} | {rate[k][1]:.1f} | {rate[k][0] / a.batch:.2f} "
+        cpu_ms = 1000 * statistics.median(cpu[k][a.warmup :])
+        print(f"| {k} | {count_parameters(net):,} | {rate[k][0]:.1f} | {rate[k][1]:.1f} | {cpu_ms:.0f} "
               f"| {statistics.fmean(losses[k][-20:]):.4f} | {held_out[k]:.4f} |")
     if len(nets) == 2:
         print(f"throughput ratio kuosan / diffusers: {rate['kuosan'][0] / rate['diffusers'][0]:.2f}x (total), "
               f"{rate['kuosan'][1] / rate['diffusers'][1]:.2f}x (median step)")
+
 
 @torch.no_grad()
 def held_out_loss(nets, proc, seed: int) -> dict[str, float]:
