@@ -32,12 +32,12 @@ RECIPES = ("digits-ddpm", "digits-ncsn", "digits-sde-vp", "digits-edm")
 MODEL_NAMES = {"digits-ddpm": "DDPM", "digits-ncsn": "NCSN", "digits-sde-vp": "Score SDE (VP)", "digits-edm": "EDM"}
 
 
-def trained_run(recipe: str, runs: Path, steps: int | None, nfe: int | None) -> tuple[Path, float | None]:
+def trained_run(recipe: str, runs: Path, steps: int | None, nfe: int | None, threads: int) -> tuple[Path, float | None]:
     """The run directory of `recipe`, trained to `steps` (the recipe's own by default) if it is not already;
     nfe (quick runs) also cuts the end-of-training preview sampling."""
     run_dir = runs / recipe
     overrides = [f"out_dir={run_dir}"] + [f"train.steps={steps}"] * bool(steps) + [f"sample.nfe={nfe}"] * bool(nfe)
-    cfg = load_config(resolve_recipe(recipe), overrides + ["train.progress=false"])
+    cfg = load_config(resolve_recipe(recipe), overrides + ["train.progress=false", f"train.threads={threads}"])
     try:
         done = int(find_checkpoint(run_dir).name.removeprefix("step-")) >= cfg.train.steps
     except (FileNotFoundError, ValueError):
@@ -58,7 +58,7 @@ def measure(run_dir: Path, samplers: list[tuple[str | None, int | None]], n: int
     if nll_n:
         from kuosan.eval.nll import heldout_nll
 
-        bpd = heldout_nll(denoiser, ref.heldout[:nll_n], cfg, seed=seed, vlb=False).get("ode_bpd")
+        bpd = heldout_nll(denoiser, ref.heldout[:nll_n], ref.levels, seed=seed, vlb=False).get("ode_bpd")
     rows = []
     for method, nfe in samplers:
         method, nfe = method or cfg.sample.method, nfe or cfg.sample.nfe
@@ -101,7 +101,9 @@ def main() -> None:
     p.add_argument("--nll-n", type=int, default=128, help="held-out digits for --nll")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for training and sampling")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
 
     samplers: list[tuple[str | None, int | None]] = [(None, args.nfe)]
     if args.fast:
@@ -109,7 +111,7 @@ def main() -> None:
         samplers.append((name, int(k)))
     rows, floor = [], None
     for recipe in args.recipes.split(","):
-        run_dir, seconds = trained_run(recipe, args.runs, args.steps, args.nfe)
+        run_dir, seconds = trained_run(recipe, args.runs, args.steps, args.nfe, args.threads)
         how = f"trained in {seconds:.0f} s" if seconds else "loaded"
         print(f"{recipe}: {how} from {run_dir}", flush=True)
         rows += measure(run_dir, samplers, args.n, args.nll_n if args.nll else 0, args.seed)
@@ -126,5 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     main()

@@ -290,3 +290,35 @@ def test_kuosan_eval_command_on_a_tiny_run(tmp_path):
     assert [(r["sampler"], r["nfe"]) for r in report["results"]] == [("ddim", 3)]
     assert {(s["sampler"], s["nfe"]) for s in report["skipped"]} == {("ddim", 1), ("bogus", None)}
     assert report["step"] == 2 and (tmp_path / "ev" / "samples-ddim.png").is_file()
+
+
+def test_parse_sampler_specs():
+    from kuosan.eval.evaluate import parse_sampler
+
+    assert parse_sampler("dpmpp-2m") == ("dpmpp-2m", {})
+    assert parse_sampler("ancestral") == ("ddpm", {})
+    assert parse_sampler("unipc:grid=uniform:thresholding=true") == ("unipc", {"grid": "uniform", "thresholding": True})
+    assert parse_sampler("ddim:eta=1.0") == ("ddim", {"eta": 1.0})
+    assert parse_sampler("pc:corrector_steps=2") == ("pc", {"corrector_steps": 2})
+    with pytest.raises(ValueError, match="'ddim:eta'.*not key=value"):
+        parse_sampler("ddim:eta")
+
+
+def test_sampler_options_reach_the_sampler_and_bad_ones_are_skipped_with_the_reason(tmp_path):
+    """'ddim:eta=1.0' is stochastic DDIM (a different sample set from 'ddim'); an unknown option is reported."""
+    from kuosan.config import parse_config
+    from kuosan.data.toy2d import toy_gmm
+    from kuosan.eval.evaluate import build_reference
+    from kuosan.eval.report import evaluate
+    from kuosan.processes import DiscreteVP
+
+    ref = build_reference(parse_config({"data": {"kind": "toy2d", "name": "gmm"}}), (2,))
+    model = toy_gmm().denoiser(DiscreteVP.linear(1000))
+    report = evaluate(model, ref, (2,), tmp_path, samplers=["ddim", "ddim:eta=1.0", "ddim:bogus=1"], nfes=[6],
+                      n=300, log=lambda s: None)
+    fd = {r["sampler"]: r["fd"] for r in report["results"]}
+    assert set(fd) == {"ddim", "ddim:eta=1.0"} and fd["ddim"] != fd["ddim:eta=1.0"]
+    (skip,) = report["skipped"]
+    assert skip["sampler"] == "ddim:bogus=1" and "bogus" in skip["reason"]
+    assert (tmp_path / "samples-ddim_eta-1.0.png").is_file()
+    assert (tmp_path / "samples" / "ddim_eta-1.0-6.npz").is_file()

@@ -217,3 +217,16 @@ def test_unet_equals_diffusers_unet2dmodel_with_the_same_weights():
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0.001, 0.5, 1.0], dtype=torch.float64)
     with torch.no_grad():  # ours embeds 1000 t; theirs the index it is given
         torch.testing.assert_close(ours(x, t), theirs(x, (1000 * t).float()).sample, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_loads_attention_weights_stored_as_1x1_convolutions():
+    """A state dict whose attention projections are (C_out, C_in, 1, 1) loads and gives the same outputs."""
+    net = randomize_(small_unet(attention_resolutions=(4,)))
+    state = {k: v[:, :, None, None] if k.endswith(("qkv.weight", "proj.weight")) else v
+             for k, v in net.state_dict().items()}
+    assert any(v.dim() == 4 and k.endswith("qkv.weight") for k, v in state.items())
+    other = small_unet(attention_resolutions=(4,))
+    other.load_state_dict(state)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.1, 0.9])
+    with torch.no_grad():
+        torch.testing.assert_close(other(x, t), net(x, t), rtol=0, atol=0)

@@ -344,3 +344,62 @@ def test_heun_churn_without_churn_is_heun():
     a = kuosan.samplers.sample_heun_churn(model, x_T(model), ts, S_churn=0.0)
     b = kuosan.samplers.sample_heun(model, x_T(model), ts)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# --- SDE-DPM-Solver++(2M) ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+def test_dpmpp_sde_first_order_keeps_a_point_mass_marginal_exact(eta):
+    """For data at one point x0 (the exact x0 prediction is x0), x_s ~ N(alpha_s x0, sigma_s^2) must map to
+    x_t ~ N(alpha_t x0, sigma_t^2) for every eta: A alpha_s + B = alpha_t and A^2 sigma_s^2 + C^2 = sigma_t^2."""
+    from kuosan.samplers.multistep import dpmpp_sde
+
+    p = DiscreteVP.linear()
+    s = schedule(p, p.timesteps(9, "logsnr"))
+    for i in range(len(s.lam) - 1):
+        a, (b,), c = dpmpp_sde(s, i, 1, eta)
+        assert a * s.alpha[i] + b == pytest.approx(s.alpha[i + 1], rel=1e-12)
+        assert a**2 * s.sigma[i] ** 2 + c**2 == pytest.approx(s.sigma[i + 1] ** 2, rel=1e-12)
+
+
+def test_dpmpp_sde_eta_one_first_order_is_the_ddpm_step_and_eta_zero_is_ddim():
+    """eta = 1: A, B, C are the posterior q(x_s | x_t, x0) coefficients and std sqrt(beta-tilde) (book eqs.
+    4.9-4.11); eta = 0: the DDIM step DPM-Solver++(1)."""
+    from kuosan.samplers.ancestral import beta_tilde
+    from kuosan.samplers.dpm_solver import posterior_coefficients
+    from kuosan.samplers.multistep import dpmpp_1, dpmpp_sde
+
+    p = DiscreteVP.linear()
+    ts = p.timesteps(7, "uniform")
+    s = schedule(p, ts)
+    c_xt, c_x0, _ = posterior_coefficients(p, ts[1:], ts[:-1])
+    std = beta_tilde(p, ts[1:], ts[:-1]).sqrt()
+    for i in range(7):
+        a, (b,), c = dpmpp_sde(s, i, 1, 1.0)
+        assert (a, b, c) == pytest.approx((float(c_xt[i]), float(c_x0[i]), float(std[i])), rel=1e-9)
+        a0, b0, c0 = dpmpp_sde(s, i, 1, 0.0)
+        assert (a0, b0[0], c0) == pytest.approx((*dpmpp_1(s, i)[:1], dpmpp_1(s, i)[1][0], 0.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_dpmpp_sde_second_order_integrates_linear_x0_exactly(eta):
+    """With m_j = q(lambda_j), q linear, the drift part of the 2M step equals
+    alpha_t int (1 + eta) e^{-(1 + eta)(lambda_t - lambda)} q(lambda) dlambda over [lambda_s, lambda_t]."""
+    from scipy.integrate import quad
+
+    from kuosan.samplers.multistep import dpmpp_sde
+
+    p = VP()
+    ts = p.t_of_log_snr(torch.tensor([-1.7, -0.6, 0.9], dtype=F64))  # uneven steps
+    s = schedule(p, ts)
+    q = lambda lam: 0.4 - 1.1 * lam  # noqa: E731
+    a, b, c = dpmpp_sde(s, 1, 2, eta)
+    k, lt = 1 + eta, s.lam[2]
+    exact = s.alpha[2] * quad(lambda lam: k * math.exp(-k * (lt - lam)) * q(lam), s.lam[1], lt, epsabs=1e-14)[0]
+    assert b[0] * q(s.lam[1]) + b[1] * q(s.lam[0]) == pytest.approx(exact, rel=1e-12)
+    assert a == pytest.approx(s.sigma[2] / s.sigma[1] * math.exp(-eta * (lt - s.lam[1])), rel=1e-12)
+
+
+def test_dpmpp_2m_sde_rejects_eta_outside_0_1():
+    model = model_for("VP")
+    with pytest.raises(ValueError, match="eta=1.5"):
+        kuosan.sample(model, x_T(model), "dpmpp-2m-sde", nfe=5, eta=1.5)

@@ -74,6 +74,7 @@ FAST = [  # (method, process, nfe, options): affordable configurations whose bia
     ("euler-maruyama", "VP", 300, {}),
     ("heun-churn", "EDM", 401, {}),
     ("analytic-ddpm", "DiscreteVP.linear", 200, {}),
+    ("dpmpp-2m-sde", "DiscreteVP.linear", 100, {}),
 ]
 SLOW = [  # the full DDPM chain, and the samplers that need ~1000 evaluations to get within ~3%
     ("ddpm", "DiscreteVP.linear", 1000, {}),

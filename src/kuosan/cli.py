@@ -270,7 +270,11 @@ def _finished_step(run_dir: Path) -> int:
 @app.command("eval")
 def eval_(
     checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
-    samplers: str = typer.Option("dpmpp-2m,ddim,ddpm", help="Comma-separated samplers (kuosan.samplers.available())."),
+    samplers: str = typer.Option(
+        "dpmpp-2m,ddim,ddpm",
+        help="Comma-separated samplers (kuosan.samplers.available()), each optionally with options: "
+        "unipc:grid=uniform, ddim:eta=1.0, dpmpp-2m:thresholding=true.",
+    ),
     nfe: str = typer.Option("5,10,20,50,1000", help="Comma-separated NFE budgets."),
     nfe_for: list[str] = typer.Option([], "--nfe-for", help="Budgets of one sampler: --nfe-for dpmpp-2m=5,10,20."),
     n: int = typer.Option(1000, "--n", help="Samples per sampler and NFE."),
@@ -286,7 +290,7 @@ def eval_(
     from .eval.report import run_eval
 
     try:
-        budgets = {"*": nfe, **dict(item.split("=", 1) for item in nfe_for)}
+        budgets = {"*": nfe, **dict(item.rsplit("=", 1) for item in nfe_for)}
         nfes = {s.strip(): [int(k) for k in v.split(",") if k.strip()] for s, v in budgets.items()}
         run_eval(checkpoint, [s.strip() for s in samplers.split(",") if s.strip()], nfes, n, nll, out_dir,
                  nll_n=nll_n, inception=inception, seed=seed, ema=ema, device=device,

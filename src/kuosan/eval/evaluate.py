@@ -23,9 +23,34 @@ from torch import Tensor
 from .features import digits_feature_info, digits_features, inception_features
 from .metrics import frechet_distance, kid, mmd, precision_recall, sliced_wasserstein
 
-__all__ = ["Reference", "build_reference", "quality", "draw_samples", "subsample", "SAMPLER_ALIASES"]
+__all__ = ["Reference", "build_reference", "quality", "draw_samples", "subsample", "parse_sampler", "SAMPLER_ALIASES"]
 
-SAMPLER_ALIASES = {"ancestral": "ddpm"}  # the issue's word for DDPM's Algorithm 2
+SAMPLER_ALIASES = {"ancestral": "ddpm"}  # the usual word for DDPM's Algorithm 2
+
+
+def _option_value(text: str) -> Any:
+    """'true'/'false' -> bool, then int, then float, else the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
+    """A sampler spec 'method[:key=value...]' -> (method, options for kuosan.sample), e.g.
+    'unipc:grid=uniform' or 'ddim:eta=1.0' or 'dpmpp-2m:thresholding=true'; 'ancestral' means 'ddpm'."""
+    method, *pairs = spec.strip().split(":")
+    options = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key or not value:
+            raise ValueError(f"sampler spec {spec!r}: option {pair!r} is not key=value")
+        options[key.strip()] = _option_value(value.strip())
+    return SAMPLER_ALIASES.get(method, method), options
 
 
 @dataclass
@@ -136,11 +161,12 @@ def draw_samples(
     device: torch.device | str = "cpu",
     num_classes: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """shape[0] samples by `method` with an `nfe` budget, in batches; returns (x, {nfe_used, seconds}).
-    A class-conditional model (num_classes) gets the classes in turn, y = i mod num_classes."""
+    """shape[0] samples by `method` (a sampler spec, see parse_sampler) with an `nfe` budget, in batches;
+    returns (x, {nfe_used, seconds}). A class-conditional model (num_classes) gets the classes in turn,
+    y = i mod num_classes."""
     from ..train import generate
 
-    method = SAMPLER_ALIASES.get(method, method)
+    method, options = parse_sampler(method)
     g = torch.Generator(device).manual_seed(seed)
     n, batches, evaluations = shape[0], [], 0
     start = time.perf_counter()
@@ -149,7 +175,7 @@ def draw_samples(
         b = min(batch_size, n - i)
         cond = {"y": torch.arange(i, i + b, device=device) % num_classes} if num_classes else None
         batches.append(generate(denoiser, (b, *shape[1:]), method=method, nfe=nfe, generator=g, device=device,
-                                cond=cond).cpu())
+                                cond=cond, **options).cpu())
         evaluations = max(evaluations, denoiser.nfe)
     seconds = time.perf_counter() - start
     return torch.cat(batches), {"nfe_used": evaluations, "seconds": seconds, "seconds_per_1000": 1000 * seconds / n}

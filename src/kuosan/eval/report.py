@@ -3,7 +3,8 @@
     run_eval("runs/demo", samplers=["dpmpp-2m", "ddim", "ddpm"], nfes=[5, 10, 20, 50, 1000], n=1000, nll=True)
 
 writes into <run>/eval/ (or `out`): report.md, report.json, fd_vs_nfe.png (one line per sampler, log NFE) and
-samples-<sampler>.png (one row per NFE, same seed). Combinations a sampler cannot run (a budget too small for
+samples-<sampler>.png (one row per NFE, same seed). A sampler is a spec 'method[:key=value...]' (e.g.
+'unipc:grid=uniform'; see evaluate.parse_sampler). Combinations a sampler cannot run (a budget too small for
 one step, a method the process does not support) are skipped with the reason in the report.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .evaluate import SAMPLER_ALIASES, Reference, build_reference, draw_samples, quality
+from .evaluate import Reference, build_reference, draw_samples, parse_sampler, quality
 from .plots import plot_metric_vs_nfe, plot_sample_sheet
 from .reporting import write_markdown
 
@@ -38,6 +39,11 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     }
 
 
+def file_stem(spec: str) -> str:
+    """A sampler spec as a file-name part: 'unipc:grid=uniform' -> 'unipc_grid-uniform'."""
+    return spec.replace(":", "_").replace("=", "-").replace("/", "-")
+
+
 def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log) -> tuple[list, list, dict]:
     """Every (sampler, NFE): samples (saved to out/samples/<sampler>-<nfe>.npz), their quality and timing;
     skipped combinations with the reason. draw_kw: seed, batch_size, device, num_classes for draw_samples."""
@@ -45,7 +51,7 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log) 
 
     results, skipped, sheets = [], [], {}
     for sampler in samplers:
-        if SAMPLER_ALIASES.get(sampler, sampler) not in available():
+        if parse_sampler(sampler)[0] not in available():
             skipped.append({"sampler": sampler, "nfe": None, "reason": "not a kuosan sampler"})
             continue
         for nfe in nfes.get(sampler, nfes.get("*", ())) if isinstance(nfes, Mapping) else nfes:
@@ -59,7 +65,7 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log) 
                 skipped.append({"sampler": sampler, "nfe": nfe, "reason": "samples are not finite"})
                 continue
             (out / "samples").mkdir(exist_ok=True)
-            np.savez_compressed(out / "samples" / f"{sampler}-{nfe}.npz", samples=x.numpy())
+            np.savez_compressed(out / "samples" / f"{file_stem(sampler)}-{nfe}.npz", samples=x.numpy())
             row = {"sampler": sampler, "nfe": nfe, **timing, **quality(x, ref)}
             results.append(row)
             sheets.setdefault(sampler, {})[nfe] = x[:16]
@@ -104,7 +110,7 @@ def evaluate(
         report["plot"] = plot_metric_vs_nfe(results, out / "fd_vs_nfe.png", floor=floor["fd"],
                                             title=f"{name}, {n} samples").name
     report["sheets"] = {
-        s: plot_sample_sheet(sheet, out / f"samples-{s}.png", title=f"{name}: {s}, rows = NFE").name
+        s: plot_sample_sheet(sheet, out / f"samples-{file_stem(s)}.png", title=f"{name}: {s}, rows = NFE").name
         for s, sheet in sheets.items()
     }
     if nll and num_classes:

@@ -84,6 +84,15 @@ class Attention(nn.Module):
         a = self.proj(a.transpose(1, 2).reshape(B, H * W, C))  # (B, HW, C)
         return x + a.transpose(1, 2).reshape(B, C, H, W)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Accept qkv/proj weights stored as 1x1 convolutions (C_out, C_in, 1, 1), as in diffusers-style U-Nets
+        and kuosan checkpoints written before the projections became Linear: the same numbers, squeezed."""
+        for name in ("qkv.weight", "proj.weight"):
+            w = state_dict.get(prefix + name)
+            if w is not None and w.dim() == 4 and w.shape[2:] == (1, 1):
+                state_dict[prefix + name] = w[:, :, 0, 0]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class Downsample(nn.Module):
     """3x3 conv with stride 2."""

@@ -30,7 +30,7 @@ from .dpm_solver import sample_ddim, sample_dpm_solver, sample_dpmpp_2s, singles
 from .flow import sample_flow_euler, sample_flow_midpoint
 from .grid import default_grid, make_ts
 from .langevin import sample_ald
-from .multistep import sample_dpmpp_2m, sample_dpmpp_3m
+from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 from .ode import heun_orders, sample_euler, sample_heun, sample_heun_churn, sample_rk45
 from .sde import sample_euler_maruyama, sample_pc, sample_reverse_diffusion
 from .unipc import sample_unipc
@@ -39,7 +39,7 @@ __all__ = [
     "sample", "available", "METHODS", "Method", "Step", "BudgetExceeded", "GammaTable", "estimate_gamma",
     "dynamic_threshold", "sample_ancestral", "sample_ald", "sample_euler_maruyama", "sample_reverse_diffusion",
     "sample_pc", "sample_euler", "sample_heun", "sample_heun_churn", "sample_rk45", "sample_ddim",
-    "sample_dpm_solver", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc",
+    "sample_dpm_solver", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc",
     "sample_eabm", "sample_analytic_ddpm", "sample_analytic_ddim", "sample_flow_euler", "sample_flow_midpoint",
 ]
 
@@ -147,6 +147,8 @@ METHODS: dict[str, Method] = {
                        "DPM-Solver++", _fixed(1), _EXP_GRIDS),
     "dpmpp-3m": Method(sample_dpmpp_3m, "multistep", 3, "1", "Lu et al. 2022, arXiv:2211.01095, §3.3",
                        "DPM-Solver++", _fixed(1), _EXP_GRIDS),
+    "dpmpp-2m-sde": Method(sample_dpmpp_2m_sde, "multistep", None, "1", "Lu et al. 2022, arXiv:2211.01095 "
+                           "(SDE-DPM-Solver++(2M))", "DPM-Solver++", _fixed(1), _EXP_GRIDS),
     "unipc": Method(sample_unipc, "unipc", 3, "1", "Zhao et al. 2023, arXiv:2302.04867, UniP-2 + UniC",
                     "UniPC", _fixed(1), _EXP_GRIDS),
     "eabm": Method(sample_eabm, "abm", 4, "1", "kuosan: exponential Adams-Bashforth-Moulton in u (DEIS, "

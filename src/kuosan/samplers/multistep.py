@@ -4,8 +4,8 @@ evaluation. With m_j the x0 prediction at grid point j and h_i = lam_{i+1} - lam
 
     x_{i+1} = sigma_{i+1}/sigma_i x_i - alpha_{i+1} (e^{-h_i} - 1) m_i + (finite-difference corrections in lambda)
 
-Each step is a linear combination x_{i+1} = A_i x_i + sum_j B_ij m_{i-j} whose float64 coefficients are
-computed once per grid, so the loop is a handful of tensor operations.
+Each step is a linear combination x_{i+1} = A_i x_i + sum_j B_ij m_{i-j} (+ C_i z for the SDE solver) whose
+float64 coefficients are computed once per grid, so the loop is a handful of tensor operations.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .common import Callback, Model, Schedule, report, schedule
+from .common import Callback, Model, Schedule, noise, report, schedule
 
-__all__ = ["sample_dpmpp_2m", "sample_dpmpp_3m", "multistep_orders", "dpmpp_1", "dpmpp_2m", "dpmpp_3m"]
+__all__ = ["sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "multistep_orders", "dpmpp_1", "dpmpp_2m",
+           "dpmpp_3m", "dpmpp_sde"]
 
 
 def dpmpp_1(s: Schedule, i: int) -> tuple[float, list[float]]:
@@ -63,6 +64,28 @@ def dpmpp_3m(s: Schedule, i: int) -> tuple[float, list[float]]:
     return s.sigma[i + 1] / s.sigma[i], b
 
 
+def dpmpp_sde(s: Schedule, i: int, order: int, eta: float = 1.0) -> tuple[float, list[float], float]:
+    """SDE-DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095, App. on SDE solvers; eta = 1) and the family between
+    it and the ODE: with h = lam_{i+1} - lam_i and k = 1 + eta, the exact solution of
+
+        x_{i+1} = sigma_{i+1}/sigma_i e^{-eta h} x_i + alpha_{i+1} int_0^h k e^{-k u} x0(lam_{i+1} - u) du
+                  + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z
+
+    for x0 constant (order 1: x0 = m_i, weight alpha (1 - e^{-k h})) or linear in lambda through m_{i-1} and m_i
+    (order 2, slope D1 = (m_i - m_{i-1}) h/h_{i-1}, weight alpha (1 - (1 - e^{-k h})/(k h))). eta scales the
+    noise injected per unit of log-SNR: eta = 0 is the probability-flow ODE (order 1 = DDIM), eta = 1 the reverse
+    SDE, whose first-order step is DDPM's ancestral step with the posterior variance beta-tilde. Returns
+    (A, [B_i, B_{i-1}], C): x_{i+1} = A x_i + B . m + C z."""
+    h, k = s.lam[i + 1] - s.lam[i], 1.0 + eta
+    alpha, sigma = s.alpha[i + 1], s.sigma[i + 1]
+    one_minus = -math.expm1(-k * h)  # 1 - e^{-k h}
+    a, b, c = sigma / s.sigma[i] * math.exp(-eta * h), [alpha * one_minus], sigma * math.sqrt(-math.expm1(-2 * eta * h))
+    if order == 1:
+        return a, b, c
+    w = alpha * (1 - one_minus / (k * h)) * h / (s.lam[i] - s.lam[i - 1])
+    return a, [b[0] + w, -w], c
+
+
 _UPDATES = {1: dpmpp_1, 2: dpmpp_2m, 3: dpmpp_3m}
 
 
@@ -88,16 +111,25 @@ def _sample_multistep(
     callback: Callback | None,
     denoise: bool,
     cond: dict[str, Any] | None,
+    eta: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """The multistep loop: one x0 evaluation per grid point; the last one is the final denoise."""
+    """The multistep loop: one x0 evaluation per grid point; the last one is the final denoise.
+    eta=None: the ODE solvers; a number: dpmpp_sde with that eta, fresh noise from `generator` every step."""
     s, n = schedule(denoiser.process, ts), len(ts) - 1
-    steps = [_UPDATES[k](s, i) for i, k in enumerate(multistep_orders(s, order, lower_order_final))]
+    orders = multistep_orders(s, order, lower_order_final)
+    if eta is None:
+        steps = [(*_UPDATES[k](s, i), 0.0) for i, k in enumerate(orders)]
+    else:
+        steps = [dpmpp_sde(s, i, k, eta) for i, k in enumerate(orders)]
     model = Model(denoiser, ts, x, kinds=("x0",), cond=cond)
     clip = clip_x0 or (lambda v: v)
     history: list[Tensor] = []  # m_i, m_{i-1}, ... newest first
-    for i, (a, b) in enumerate(steps):
+    for i, (a, b, c) in enumerate(steps):
         history = [clip(model.x0(x, i))] + history[: order - 1]
         x = _combine(a, x, b, history)
+        if c > 0:
+            x = torch.add(x, noise(x, generator), alpha=c)
         report(callback, i, ts[i + 1], x, history[0])
     return clip(model.x0(x, n)) if denoise else x
 
@@ -145,3 +177,26 @@ def sample_dpmpp_3m(
     with orders 1 and 2 (the start, at high noise, is nearly linear in lambda: the warm-up costs no order)."""
     return _sample_multistep(denoiser, x, ts, 3, lower_order_final=lower_order_final, clip_x0=clip_x0,
                              callback=callback, denoise=denoise, cond=cond)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    eta: float = 1.0,
+    lower_order_final: bool = True,
+    clip_x0: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    denoise: bool = True,
+    cond: dict[str, Any] | None = None,
+) -> Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095; `dpmpp_sde`): a stochastic multistep solver of
+    the reverse SDE, second order in the drift, one evaluation a step. eta in [0, 1] (default 1, the reverse
+    SDE) sets how much noise is re-injected; with eta = 1 and first-order steps it is DDPM ancestral sampling."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta} must lie in [0, 1] (0: probability-flow ODE, 1: reverse SDE)")
+    return _sample_multistep(denoiser, x, ts, 2, lower_order_final=lower_order_final, clip_x0=clip_x0,
+                             callback=callback, denoise=denoise, cond=cond, eta=eta, generator=generator)

@@ -22,9 +22,11 @@ def generate(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     cond: dict[str, Any] | None = None,
+    **options: Any,
 ) -> Tensor:
-    """x_T ~ N(0, prior_std^2 I) of `shape`, then `method` with at most `nfe` network evaluations."""
+    """x_T ~ N(0, prior_std^2 I) of `shape`, then `method` with at most `nfe` network evaluations; options
+    (grid, thresholding, a method's own keywords) go to kuosan.sample."""
     from ..samplers import sample
 
     x_T = denoiser.process.prior_sample(shape, generator=generator, dtype=torch.float32, device=device)
-    return sample(denoiser, x_T, method=method, nfe=nfe, generator=generator, cond=cond)
+    return sample(denoiser, x_T, method=method, nfe=nfe, generator=generator, cond=cond, **options)
