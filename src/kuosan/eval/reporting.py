@@ -28,9 +28,10 @@ def headline(report: dict[str, Any], fast_nfe: int = 10, reference: tuple[str, i
         best, base = fast[0], ref[0]
         ratio = best["fd"] / base["fd"]
         verdict = "holds" if ratio <= 1.10 else "does not hold"
+        pm = lambda r: f" ± {r['fd_std']:.3f}" if "fd_std" in r else ""  # noqa: E731
         lines.append(
-            f"Best {fast_nfe}-NFE sampler: **{best['sampler']}**, FD {best['fd']:.3f} = {ratio:.2f} x the FD of "
-            f"{reference[1]}-step ancestral sampling ({base['fd']:.3f}); 'within 10%' {verdict}."
+            f"Best {fast_nfe}-NFE sampler: **{best['sampler']}**, FD {best['fd']:.3f}{pm(best)} = {ratio:.2f} x the "
+            f"FD of {reference[1]}-step ancestral sampling ({base['fd']:.3f}{pm(base)}); 'within 10%' {verdict}."
         )
     nll = report.get("nll") or {}
     if nll.get("ode_bpd") is not None and nll.get("vlb_bpd") is not None:
@@ -55,7 +56,8 @@ def _fd_grid(report: dict[str, Any]) -> str:
 
 
 def _metric_cells(r: dict[str, Any]) -> list[str]:
-    cells = [_fmt(r["fd"]), _fmt(r.get("fd_matched")), f"{r['kid']:.2f} ± {r['kid_std']:.2f}",
+    fd = _fmt(r["fd"]) + (f" ± {r['fd_std']:.2f}" if "fd_std" in r else "")
+    cells = [fd, _fmt(r.get("fd_matched")), f"{r['kid']:.2f} ± {r['kid_std']:.2f}",
              _fmt(r["precision"], 2), _fmt(r["recall"], 2), _fmt(r.get("nn_ratio"), 2)]
     return cells + ([_fmt(r["sw"], 4), f"{r['mmd']:.2e}"] if "sw" in r else [])
 
@@ -64,8 +66,8 @@ def _full_table(report: dict[str, Any]) -> str:
     rows = [[r["sampler"], r["nfe"], r["nfe_used"], *_metric_cells(r), f"{r['seconds_per_1000']:.1f}"]
             for r in report["results"]]
     rows.append(["held-out real data", "", "", *_metric_cells(report["floor"]), ""])
-    header = ["sampler", "NFE", "NFE used", "FD", f"FD ({report['heldout']})", "KID ± std", "precision", "recall",
-              "NN ratio", "s / 1000 samples"]
+    header = ["sampler", "NFE", "NFE used", "FD ± boot. std", f"FD ({report['heldout']})", "KID ± std", "precision",
+              "recall", "NN ratio", "s / 1000 samples"]
     if "sw" in report["floor"]:
         header[-1:-1] = ["SW2", "MMD^2"]
     return markdown_table(header, rows)
@@ -108,9 +110,10 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
         if report.get("plot"):
             lines += [f"![FD vs NFE]({report['plot']})", ""]
         lines += ["## All metrics", "", f"FD ({report['heldout']}): FD of the first {report['heldout']} samples only, "
-                  "the floor's sample size and so its small-sample bias. KID: mean ± std over subsets, in feature "
-                  "units. NN ratio: median distance from a sample to its nearest training sample over the same for "
-                  "held-out data (well below 1: copying).", "", _full_table(report), ""]
+                  "the floor's sample size and so its small-sample bias. ± boot. std: the standard deviation of FD "
+                  "over bootstrap resamples of the generated set (its share of FD's noise). KID: mean ± std over "
+                  "subsets, in feature units. NN ratio: median distance from a sample to its nearest training sample "
+                  "over the same for held-out data (well below 1: copying).", "", _full_table(report), ""]
     if report["skipped"]:
         lines += ["## Skipped", ""] + [f"- {s['sampler']} at NFE {s['nfe']}: {s['reason']}" for s in report["skipped"]]
         lines += [""]
