@@ -1,6 +1,6 @@
 """The book's digits models on one table: DDPM, NCSN, Score SDE (VP, predictor-corrector) and EDM.
 
-Each recipe (configs/digits-*.yaml) is trained into <runs>/<recipe> unless a checkpoint with at least the
+Each recipe (src/kuosan/configs/digits-*.yaml) is trained into <runs>/<recipe> unless a checkpoint with at least the
 requested steps is already there, then sampled with its own sampler (the paper's: DDPM ancestral 1000,
 annealed Langevin, PC, Heun 35) and with DPM-Solver++(2M) at 20 NFE, and scored with the shipped digits
 feature network against the training split (FD, improved precision/recall with k = 3), timed per 1000

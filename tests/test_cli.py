@@ -130,3 +130,28 @@ def test_demo_writes_a_grid_and_the_raw_samples(tmp_path):
     assert f"samples: {out / 'samples.png'}" in res.output
     res = invoke("demo", "--out", out, "--set", "train.steps=2", "--set", "sample.n=8")
     assert "already trained" in res.output  # a second run only samples
+
+
+def test_the_wheel_ships_the_recipes_and_the_feature_net(tmp_path):
+    """A non-editable install finds its recipes: they and the digits feature weights are package data."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    from kuosan.cli import recipe_files
+
+    pytest.importorskip("setuptools")
+    root, src = Path(__file__).resolve().parents[1], tmp_path / "src"  # build a copy: no build/ in the checkout
+    shutil.copytree(root / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+           str(src)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("kuosan-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"kuosan/configs/{name}.yaml" for name in recipe_files()} <= names
+    assert len(recipe_files()) >= 11 and "kuosan/assets/digits_features.safetensors" in names

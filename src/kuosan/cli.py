@@ -43,9 +43,9 @@ DEMO_OVERRIDES = ["train.threads=1"]
 
 # --- recipes ---------------------------------------------------------------------------------------------
 def recipe_dirs() -> list[Path]:
-    """Where recipes live: the package's own copy, then the source checkout's configs/ (editable install)."""
+    """Where recipes live: kuosan/configs/ inside the package (shipped in the wheel as package data)."""
     here = Path(__file__).resolve().parent
-    return [d for d in (here / "configs", here.parents[1] / "configs") if d.is_dir()]
+    return [d for d in (here / "configs",) if d.is_dir()]
 
 
 def recipe_files() -> dict[str, Path]:

@@ -1,6 +1,6 @@
 """Run configuration: one pydantic model per component, validated once (rule 8 of STYLE.md).
 
-    cfg = load_config("configs/digits-ddpm.yaml", ["train.steps=100", "sample.method=ddim"])
+    cfg = load_config("my-recipe.yaml", ["train.steps=100", "sample.method=ddim"])
     save_config(cfg, run_dir / "config.yaml")          # the resolved config, next to the run's outputs
 
 Only the CLI (and serve) read config files; everything else receives these validated objects. The one
