@@ -131,6 +131,9 @@ def mixture_eps(gmm: GaussianMixture, proc: DiscreteVP) -> Callable:
 
 
 # --- the tables ----------------------------------------------------------------------------------------------
+OPTIONS: dict[str, dict] = {}  # per-method options for kuosan.sample (--eabm-order)
+
+
 def accuracy(nfes: list[int], batch: int) -> None:
     for sched_name, (make, schedule_kw) in SCHEDULES.items():
         for mix_name, gmm in (("2-D", mixture_2d()), ("16-D", mixture_16d())):
@@ -143,7 +146,7 @@ def accuracy(nfes: list[int], batch: int) -> None:
             for nfe in nfes:
                 for m in KUOSAN:
                     model.reset_nfe()
-                    x = kuosan.sample(model, x_T, m, nfe=nfe)
+                    x = kuosan.sample(model, x_T, m, nfe=nfe, **OPTIONS.get(m, {}))
                     assert model.nfe <= nfe
                     rows.setdefault(f"kuosan {m}", []).append(_rms(x, ref))
                 for name, (cls, cfg, steps) in diffusers_configs(nfe).items():
@@ -179,7 +182,8 @@ def overhead(nfes: list[int], batch: int, repeats: int) -> None:
     model = kuosan.Denoiser(lambda x, t: cached, proc)
     rows: dict[str, list[float]] = {}
     for nfe in nfes:
-        runs: dict[str, Callable] = {f"kuosan {m}": partial(kuosan.sample, model, x_T, m, nfe=nfe) for m in KUOSAN}
+        runs: dict[str, Callable] = {f"kuosan {m}": partial(kuosan.sample, model, x_T, m, nfe=nfe, **OPTIONS.get(m, {}))
+                                  for m in KUOSAN}
         for name, (cls, cfg, steps) in diffusers_configs(nfe).items():
             sched = make_scheduler(cls, cfg, SCHEDULES["linear"][1])  # built once, as a pipeline does
             runs[f"diffusers {name}"] = partial(run_diffusers, sched, steps, lambda x, t: cached, x_T)
@@ -216,7 +220,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--quick", action="store_true", help="the accuracy tables only")
+    ap.add_argument("--eabm-order", type=int, default=None, help="eabm's order (default: its own, 2)")
     args = ap.parse_args()
+    if args.eabm_order:
+        OPTIONS["eabm"] = {"order": args.eabm_order}
     torch.set_num_threads(1)
     nfes = [int(v) for v in args.nfe.split(",")]
     accuracy(nfes, args.batch)

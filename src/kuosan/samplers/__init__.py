@@ -151,7 +151,7 @@ METHODS: dict[str, Method] = {
                            "(SDE-DPM-Solver++(2M))", "DPM-Solver++", _fixed(1), _EXP_GRIDS),
     "unipc": Method(sample_unipc, "unipc", 3, "1", "Zhao et al. 2023, arXiv:2302.04867, UniP-2 + UniC",
                     "UniPC", _fixed(1), _EXP_GRIDS),
-    "eabm": Method(sample_eabm, "abm", 4, "1", "kuosan: exponential Adams-Bashforth-Moulton in u (DEIS, "
+    "eabm": Method(sample_eabm, "abm", 3, "1", "kuosan: exponential Adams-Bashforth-Moulton in u (DEIS, "
                    "arXiv:2204.13902 + UniPC, arXiv:2302.04867)", "DPM-Solver++", _fixed(1),
                    ("quadratic", "logsnr", "uniform")),
     "analytic-ddpm": Method(sample_analytic_ddpm, "analytic", None, "1", "Bao et al. 2022, arXiv:2201.06503, eq. 7",
