@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,19 +45,45 @@ def file_stem(spec: str) -> str:
     return spec.replace(":", "_").replace("=", "-").replace("/", "-")
 
 
-def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log) -> tuple[list, list, dict]:
-    """Every (sampler, NFE): samples (saved to out/samples/<sampler>-<nfe>.npz), their quality and timing;
-    skipped combinations with the reason. draw_kw: seed, batch_size, device, num_classes for draw_samples."""
+def _saved(path: Path, n: int, seed: int, tag: str | None) -> tuple[torch.Tensor, dict[str, float]] | None:
+    """Samples an earlier (perhaps killed) run of the same sweep saved at `path`, if they match n, seed and the
+    checkpoint tag; else None (then they are drawn again)."""
+    if tag is None or not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            if str(z["tag"]) != tag or int(z["seed"]) != seed or len(z["samples"]) != n:
+                return None
+            timing = {k: float(z[k]) for k in ("nfe_used", "seconds", "seconds_per_1000")}
+            return torch.from_numpy(z["samples"]), timing
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):  # an older or truncated file: draw again
+        return None
+
+
+def _save(path: Path, x: torch.Tensor, seed: int, tag: str | None, timing: dict[str, float]) -> None:
+    """Atomically: a killed run leaves either no file or a whole one."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, samples=x.numpy(), seed=seed, tag=str(tag), **timing)
+    os.replace(tmp, path)
+
+
+def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, tag: str | None = None) -> tuple:
+    """Every (sampler, NFE): samples (saved to out/samples/<sampler>-<nfe>.npz, and taken from there when a
+    run with the same n, seed and checkpoint `tag` saved them: a killed eval resumes), their quality and
+    timing; skipped combinations with the reason. draw_kw: seed, batch_size, device, num_classes."""
     from ..samplers import available
 
     results, skipped, sheets = [], [], {}
+    (out / "samples").mkdir(exist_ok=True)
     for sampler in samplers:
         if parse_sampler(sampler)[0] not in available():
             skipped.append({"sampler": sampler, "nfe": None, "reason": "not a kuosan sampler"})
             continue
         for nfe in nfes.get(sampler, nfes.get("*", ())) if isinstance(nfes, Mapping) else nfes:
+            path = out / "samples" / f"{file_stem(sampler)}-{nfe}.npz"
+            saved = _saved(path, shape[0], draw_kw["seed"], tag)
             try:
-                x, timing = draw_samples(denoiser, shape, sampler, nfe, **draw_kw)
+                x, timing = saved or draw_samples(denoiser, shape, sampler, nfe, **draw_kw)
             except (ValueError, NotImplementedError) as err:
                 skipped.append({"sampler": sampler, "nfe": nfe, "reason": str(err).splitlines()[0]})
                 log(f"  {sampler:>14s} NFE {nfe:5d}: skipped ({err})")
@@ -64,13 +91,14 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log) 
             if not torch.isfinite(x).all():
                 skipped.append({"sampler": sampler, "nfe": nfe, "reason": "samples are not finite"})
                 continue
-            (out / "samples").mkdir(exist_ok=True)
-            np.savez_compressed(out / "samples" / f"{file_stem(sampler)}-{nfe}.npz", samples=x.numpy())
-            row = {"sampler": sampler, "nfe": nfe, **timing, **quality(x, ref)}
+            if saved is None:
+                _save(path, x, draw_kw["seed"], tag, timing)
+            row = {"sampler": sampler, "nfe": nfe, **timing, **quality(x, ref), "reused": saved is not None}
             results.append(row)
             sheets.setdefault(sampler, {})[nfe] = x[:16]
+            note = " (saved samples)" if saved is not None else ""
             log(f"  {sampler:>14s} NFE {nfe:5d}: FD {row['fd']:.3f}  P {row['precision']:.2f}  "
-                f"R {row['recall']:.2f}  {row['seconds_per_1000']:.1f} s/1000")
+                f"R {row['recall']:.2f}  {row['seconds_per_1000']:.1f} s/1000{note}")
     return results, skipped, sheets
 
 
@@ -100,9 +128,11 @@ def evaluate(
     floor = quality(ref.heldout, ref)
     log(f"{name}: {len(ref.heldout)} held-out vs {len(ref.train)} training samples: FD {floor['fd']:.3f}")
     draw_kw = {"seed": seed, "batch_size": batch_size, "device": device, "num_classes": num_classes}
-    results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), nfes, ref, out, draw_kw, log)
+    meta = meta or {}
+    tag = f"{meta['checkpoint']} ema={meta.get('ema')}" if "checkpoint" in meta else None  # None: never reuse
+    results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), nfes, ref, out, draw_kw, log, tag)
     report: dict[str, Any] = {
-        "recipe": name, **(meta or {}), "n": n, "seed": seed, "features": ref.features_name,
+        "recipe": name, **meta, "n": n, "seed": seed, "features": ref.features_name,
         "reference": f"{len(ref.train)} training samples", "heldout": len(ref.heldout), "note": ref.note,
         "floor": floor, "results": results, "skipped": skipped, "machine": machine_info(device),
     }
