@@ -81,11 +81,13 @@ def table(rows: list[dict], floor: dict) -> str:
     for r in rows:
         bpd = "" if r["model"] in seen else "—" if r["bpd"] is None else f"{r['bpd']:.3f}"
         seen.add(r["model"])
-        body.append([r["model"], r["step"], r["sampler"], r["nfe_used"], f"{r['fd']:.3f}", f"{r['precision']:.2f}",
+        body.append([r["model"], r["step"], r["sampler"], r["nfe_used"], f"{r['fd']:.3f}", f"{r['fd_inf']:.3f}",
+                     f"{r['precision']:.2f}",
                      f"{r['recall']:.2f}", bpd, f"{r['seconds_per_1000']:.1f}"])
-    body.append(["held-out real digits", "", "", "", f"{floor['fd']:.3f}", f"{floor['precision']:.2f}",
+    body.append(["held-out real digits", "", "", "", f"{floor['fd']:.3f}", f"{floor['fd_inf']:.3f}",
+                 f"{floor['precision']:.2f}",
                  f"{floor['recall']:.2f}", "", ""])
-    header = ["model", "steps", "sampler", "NFE", "FD", "precision", "recall", "bits/dim (ODE)", "s / 1000"]
+    header = ["model", "steps", "sampler", "NFE", "FD", "FD_inf", "precision", "recall", "bits/dim (ODE)", "s / 1000"]
     return markdown_table(header, body)
 
 

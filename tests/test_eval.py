@@ -388,3 +388,20 @@ def test_a_killed_eval_resumes_from_its_saved_samples(tmp_path):
     assert not run(ckpt="runs/x/step-2")["reused"]
     assert not evaluate(model, ref, (2,), tmp_path, samplers=["dpmpp-2m"], nfes=[6], n=300,
                         log=lambda s: None)["results"][0]["reused"]
+
+
+def test_headline_states_both_ratios_and_their_verdicts():
+    """The 10-NFE claim is judged on FD at equal N and on FD_inf, each with its own verdict; the best sampler is
+    picked per metric; the likelihood line says whether the ODE is below the bound."""
+    from kuosan.eval.reporting import headline
+
+    row = lambda s, nfe, fd, fd_inf: {"sampler": s, "nfe": nfe, "fd": fd, "fd_std": 0.1, "fd_inf": fd_inf}  # noqa: E731
+    report = {"results": [row("ddpm", 1000, 2.0, 0.5), row("a", 10, 2.1, 0.9), row("b", 10, 2.5, 0.52),
+                          row("b", 20, 1.0, 0.1)],
+              "nll": {"ode_bpd": 4.8, "vlb_bpd": 4.9, "ode_minus_vlb": -0.1, "ode_minus_vlb_se": 0.02}}
+    fd_line, inf_line, nll_line = headline(report)
+    assert "**a**" in fd_line and "1.05 x" in fd_line and "'within 10%' holds" in fd_line
+    assert "**b**" in inf_line and "1.04 x" in inf_line and "holds" in inf_line
+    report["results"][2]["fd_inf"] = 0.7
+    assert "does not hold" in headline(report)[1] and "1.40 x" in headline(report)[1]
+    assert "the ODE is below the bound" in nll_line
