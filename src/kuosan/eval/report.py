@@ -54,7 +54,8 @@ def _saved(path: Path, n: int, seed: int, tag: str | None) -> tuple[torch.Tensor
         with np.load(path) as z:
             if str(z["tag"]) != tag or int(z["seed"]) != seed or len(z["samples"]) != n:
                 return None
-            timing = {k: float(z[k]) for k in ("nfe_used", "seconds", "seconds_per_1000")}
+            timing = {"nfe_used": int(z["nfe_used"]), "seconds": float(z["seconds"]),
+                      "seconds_per_1000": float(z["seconds_per_1000"])}
             return torch.from_numpy(z["samples"]), timing
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):  # an older or truncated file: draw again
         return None
