@@ -75,16 +75,20 @@ def measure(run_dir: Path, samplers: list[tuple[str | None, int | None]], n: int
     return rows
 
 
+def _f3(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
 def table(rows: list[dict], floor: dict) -> str:
     """One markdown table; a model's bits/dim (a property of the model, not of its sampler) on its first row."""
     body, seen = [], set()
     for r in rows:
         bpd = "" if r["model"] in seen else "—" if r["bpd"] is None else f"{r['bpd']:.3f}"
         seen.add(r["model"])
-        body.append([r["model"], r["step"], r["sampler"], r["nfe_used"], f"{r['fd']:.3f}", f"{r['fd_inf']:.3f}",
+        body.append([r["model"], r["step"], r["sampler"], r["nfe_used"], f"{r['fd']:.3f}", _f3(r["fd_inf"]),
                      f"{r['precision']:.2f}",
                      f"{r['recall']:.2f}", bpd, f"{r['seconds_per_1000']:.1f}"])
-    body.append(["held-out real digits", "", "", "", f"{floor['fd']:.3f}", f"{floor['fd_inf']:.3f}",
+    body.append(["held-out real digits", "", "", "", f"{floor['fd']:.3f}", _f3(floor["fd_inf"]),
                  f"{floor['precision']:.2f}",
                  f"{floor['recall']:.2f}", "", ""])
     header = ["model", "steps", "sampler", "NFE", "FD", "FD_inf", "precision", "recall", "bits/dim (ODE)", "s / 1000"]

@@ -140,7 +140,7 @@ def quality(x: Tensor, ref: Reference, kid_subsets: int = 20, k: int = 3, max_si
 
     fd_std: bootstrap standard deviation of fd over resamples of x (the generated set's share of FD's noise).
     fd_inf: FD with the generated set's small-sample bias k/N extrapolated away (Chong & Forsyth 2020), the
-    number to compare across sample sizes (FD itself falls as N grows).
+    number to compare across sample sizes (FD itself falls as N grows); None below 5 (D + 2) samples.
     fd_matched: FD of the first len(ref.heldout) samples only, the size of the floor (FD's small-sample bias
     is then the floor's). nn_ratio: median distance from a sample to its nearest training sample over the
     same median for held-out data; well below 1 means samples copy training data.
@@ -151,7 +151,7 @@ def quality(x: Tensor, ref: Reference, kid_subsets: int = 20, k: int = 3, max_si
     precision, recall = precision_recall(subsample(ref.train_features, m), subsample(f, m), k=k)
     nn_heldout = nearest_train_distance(ref.heldout, ref.train).median()
     out = {"fd": frechet_distance(f, ref.train_features), "fd_std": frechet_distance_bootstrap(f, ref.train_features),
-           "fd_inf": frechet_distance_infinity(f, ref.train_features),
+           "fd_inf": frechet_distance_infinity(f, ref.train_features) if len(f) > 5 * (f.shape[1] + 2) else None,
            "fd_matched": frechet_distance(f[: len(ref.heldout)],
            ref.train_features), "kid": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
            "nn_ratio": float(nearest_train_distance(x, ref.train).median() / nn_heldout)}
