@@ -62,8 +62,9 @@ def _saved(path: Path, n: int, seed: int, tag: str | None) -> tuple[torch.Tensor
 
 
 def _save(path: Path, x: torch.Tensor, seed: int, tag: str | None, timing: dict[str, float]) -> None:
-    """Atomically: a killed run leaves either no file or a whole one."""
-    tmp = path.with_name(path.stem + ".tmp.npz")
+    """Atomically: a killed run leaves either no file or a whole one (a per-process temporary name, so two
+    processes filling the same eval directory never write into one file)."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, samples=x.numpy(), seed=seed, tag=str(tag), **timing)
     os.replace(tmp, path)
 
