@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..train.images import save_figure
+
 __all__ = ["plot_metric_vs_nfe", "plot_sample_sheet"]
 
 
@@ -51,12 +53,7 @@ def plot_metric_vs_nfe(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _image_row(x: Tensor, pad: int = 1) -> Tensor:
@@ -92,9 +89,4 @@ def plot_sample_sheet(samples: dict[int, Tensor], path: str | Path, title: str =
             ax.set_ylabel(f"{nfe}", rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

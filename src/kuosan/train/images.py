@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["image_grid", "save_grid", "save_scatter", "save_samples", "save_npz"]
+__all__ = ["image_grid", "save_grid", "save_scatter", "save_samples", "save_figure", "save_npz"]
 
 
 def image_grid(x: Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
@@ -57,12 +57,7 @@ def save_scatter(x: Tensor, path: str | Path, reference: Tensor | None = None, t
     ax.set_aspect("equal")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_samples(x: Tensor, path: str | Path, reference: Tensor | None = None, title: str | None = None) -> Path:
@@ -72,6 +67,18 @@ def save_samples(x: Tensor, path: str | Path, reference: Tensor | None = None, t
     if x.ndim == 2 and x.shape[1] == 2:
         return save_scatter(x, path, reference, title)
     raise ValueError(f"cannot draw samples of shape {tuple(x.shape)}: need (N, C, H, W) images or (N, 2) points")
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """A matplotlib figure laid out tightly, written to `path` (parents created) and closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def save_npz(x: Tensor, path: str | Path, **extra: np.ndarray) -> Path:
