@@ -83,7 +83,7 @@ def table(rows: list[dict], floor: dict) -> str:
     """One markdown table; a model's bits/dim (a property of the model, not of its sampler) on its first row."""
     body, seen = [], set()
     for r in rows:
-        bpd = "" if r["model"] in seen else "—" if r["bpd"] is None else f"{r['bpd']:.3f}"
+        bpd = "" if r["model"] in seen else _f3(r["bpd"])
         seen.add(r["model"])
         body.append([r["model"], r["step"], r["sampler"], r["nfe_used"], f"{r['fd']:.3f}", _f3(r["fd_inf"]),
                      f"{r['precision']:.2f}",
