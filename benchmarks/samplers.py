@@ -12,12 +12,14 @@ kuosan's DiscreteVP does). Each diffusers scheduler runs in the configurations t
 training step (its "linspace" spacing and Karras / log-SNR sigmas where it has them); the best one counts.
 
 Overhead: the same loops with a model that returns a cached tensor (no model time), microseconds per NFE,
-setup (grid, set_timesteps) included, median of repeats, torch on one thread.
+setup (grid, set_timesteps) included, median of repeats, torch on one thread. kuosan keeps its grids and
+coefficients in a SamplerCache built once per process, as a pipeline would (--no-cache: recompute every call).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -74,14 +76,18 @@ def reference(model: kuosan.Denoiser, x_T: torch.Tensor) -> torch.Tensor:
 
 # --- diffusers -----------------------------------------------------------------------------------------------
 def diffusers_configs(nfe: int) -> dict[str, tuple[Callable, dict, int]]:
-    """name -> (scheduler class, extra config, num_inference_steps) for a budget of nfe model calls."""
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerDiscreteScheduler,
-        HeunDiscreteScheduler,
-        UniPCMultistepScheduler,
-    )
+    """name -> (scheduler class, extra config, num_inference_steps) for a budget of nfe model calls
+    ({} without diffusers: the tables then show kuosan's rows alone)."""
+    try:
+        from diffusers import (
+            DDIMScheduler,
+            DPMSolverMultistepScheduler,
+            EulerDiscreteScheduler,
+            HeunDiscreteScheduler,
+            UniPCMultistepScheduler,
+        )
+    except ImportError:
+        return {}
 
     dpm = DPMSolverMultistepScheduler
     heun_steps = (nfe + 1) // 2  # a Heun scheduler with N steps calls the model 2N - 1 times
@@ -132,6 +138,7 @@ def mixture_eps(gmm: GaussianMixture, proc: DiscreteVP) -> Callable:
 
 # --- the tables ----------------------------------------------------------------------------------------------
 OPTIONS: dict[str, dict] = {}  # per-method options for kuosan.sample (--eabm-order)
+USE_CACHE = [True]  # --no-cache turns it off
 
 
 def accuracy(nfes: list[int], batch: int) -> None:
@@ -164,7 +171,8 @@ def _rms(x: torch.Tensor, ref: torch.Tensor) -> float:
 def _print_table(rows: dict[str, list[float]], nfes: list[int], fmt: str = "{:.2e}") -> None:
     """Markdown table with the ratio of the best kuosan row to the best diffusers row per column."""
     best_k = [min(v[j] for k, v in rows.items() if k.startswith("kuosan")) for j in range(len(nfes))]
-    best_d = [min(v[j] for k, v in rows.items() if k.startswith("diffusers")) for j in range(len(nfes))]
+    best_d = [min((v[j] for k, v in rows.items() if k.startswith("diffusers")), default=math.nan)
+              for j in range(len(nfes))]
     print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     print("|---|" + "---|" * len(nfes))
     for k, v in rows.items():
@@ -180,16 +188,19 @@ def overhead(nfes: list[int], batch: int, repeats: int) -> None:
     cached = torch.randn(batch, 16, dtype=torch.float32)
     x_T = torch.randn(batch, 16, dtype=torch.float32)
     model = kuosan.Denoiser(lambda x, t: cached, proc)
+    cache = kuosan.samplers.SamplerCache(proc) if USE_CACHE[0] else None  # built once, as a pipeline would
     rows: dict[str, list[float]] = {}
     for nfe in nfes:
-        runs: dict[str, Callable] = {f"kuosan {m}": partial(kuosan.sample, model, x_T, m, nfe=nfe, **OPTIONS.get(m, {}))
-                                  for m in KUOSAN}
+        runs: dict[str, Callable] = {
+            f"kuosan {m}": partial(kuosan.sample, model, x_T, m, nfe=nfe, cache=cache, **OPTIONS.get(m, {}))
+            for m in KUOSAN
+        }
         for name, (cls, cfg, steps) in diffusers_configs(nfe).items():
             sched = make_scheduler(cls, cfg, SCHEDULES["linear"][1])  # built once, as a pipeline does
             runs[f"diffusers {name}"] = partial(run_diffusers, sched, steps, lambda x, t: cached, x_T)
         times: dict[str, list[float]] = {k: [] for k in runs}
         for fn in runs.values():
-            fn()  # warm up (and fill kuosan's per-process grid caches, as any second call would)
+            fn()  # warm up (and fill kuosan's SamplerCache, as a pipeline's first call would)
         for _ in range(repeats):
             for k, fn in runs.items():
                 t0 = time.perf_counter()
@@ -221,7 +232,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--quick", action="store_true", help="the accuracy tables only")
     ap.add_argument("--eabm-order", type=int, default=None, help="eabm's order (default: its own, 2)")
+    ap.add_argument("--no-cache", action="store_true", help="overhead without a SamplerCache (recompute every call)")
     args = ap.parse_args()
+    USE_CACHE[0] = not args.no_cache
     if args.eabm_order:
         OPTIONS["eabm"] = {"order": args.eabm_order}
     torch.set_num_threads(1)

@@ -98,3 +98,13 @@ def gmm2d() -> GaussianMixture:
 @pytest.fixture
 def gmm8d() -> GaussianMixture:
     return mixture_8d()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one thread, and a shared CPU turns more into spin-waiting
+    (use with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -14,12 +13,7 @@ from kuosan.train import load_checkpoint
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def invoke(*args: str):
@@ -55,7 +49,7 @@ def test_train_info_sample(tmp_path):
     assert res.exit_code == 0, res.output
     assert "trained to step 6" in res.output
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert resolved["train"]["lr"] == 2e-3 and resolved["out_dir"] == str(run_dir)
+    assert resolved["train"]["lr"] == 2e-3 and "out_dir" not in resolved  # a copied run resumes in its new place
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 3  # log_every=2
     assert any((run_dir / "tb").iterdir())  # TensorBoard events
 
@@ -114,10 +108,14 @@ def test_corrupt_image_is_named_and_skip_bad_skips_it(tmp_path):
               "--set", "train.steps=2"]
     res = invoke("train", cfg, "--out", tmp_path / "a", *common)
     assert res.exit_code == 1
-    assert str(folder / "broken.png") in res.output
+    assert str(folder / "broken.png") in res.output and "--skip-bad" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) <= 8  # a message
     res = invoke("train", cfg, "--out", tmp_path / "b", "--skip-bad", *common)
     assert res.exit_code == 0, res.output
-    assert "skipped 1 unreadable file(s)" in res.output and "broken.png" in res.output
+    assert "broken.png" in res.output  # the data summary names it
+    listed = (tmp_path / "b" / "skipped_files.txt").read_text()
+    assert str(folder / "broken.png") in listed and len(listed.strip().splitlines()) == 1
+    assert load_checkpoint(tmp_path / "b").state["skipped_files"] == listed.strip().splitlines()
 
 
 def test_demo_writes_a_grid_and_the_raw_samples(tmp_path):

@@ -12,7 +12,7 @@ import yaml
 from kuosan.cli import recipe_files, recipe_header
 from kuosan.config import ConfigError, RunConfig, load_config, parse_config, save_config
 from kuosan.processes import EDM, VE, VP, DiscreteVP, RectifiedFlow, SubVP
-from kuosan.train import build_denoiser, build_network, build_process, net_arguments
+from kuosan.registry import build_denoiser, build_network, build_process, net_arguments
 
 RECIPES = recipe_files()
 BOOK_RECIPES = (

@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from kuosan.train import generate, load_checkpoint, load_model
+import kuosan
+from kuosan.pipeline import generate
+from kuosan.train import load_checkpoint
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
@@ -38,6 +40,6 @@ def test_torchrun_two_cpu_processes(tmp_path):
     lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6, 8]  # one writer
     assert not any(k.startswith("module.") for k in ckpt.weights)  # saved from the unwrapped network
-    den, _, _ = load_model(run_dir)
+    den = kuosan.load(run_dir, device="cpu").denoiser
     x = generate(den, (16, 2), method="ddim", nfe=5, generator=torch.Generator().manual_seed(0))
     assert x.shape == (16, 2) and torch.isfinite(x).all()

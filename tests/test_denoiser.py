@@ -213,8 +213,9 @@ def test_classifier_free_guidance(w, kind):
     if w == 1.0:
         torch.testing.assert_close(eps, eps_c, rtol=1e-10, atol=1e-10)
     assert guided.reset_nfe() == 1
-    guided.eps(x, t)  # no condition given: a plain unguided call
-    assert calls[-1] == 6 and guided.nfe == 1
+    with pytest.raises(ValueError, match="needs a condition"):  # guidance without a condition is an error
+        guided.eps(x, t)
+    assert calls == [12] and guided.nfe == 0
 
 
 def test_guidance_needs_matching_uncond():

@@ -340,7 +340,9 @@ def test_every_vlb_term_matches_ddpm_formulas(variance):
 
 @pytest.mark.parametrize("variance, fixed_v", [("beta", 1.0), ("beta_tilde", -1.0)])
 def test_every_vlb_term_equals_the_training_loss_term(variance, fixed_v):
-    """The bound's terms equal kuosan.losses.vlb_term (the hybrid loss's L_{t-1}, written separately) on 8-bit data."""
+    """The bound on the training grid equals kuosan.losses.vlb_term (the hybrid loss's L_{t-1}) on 8-bit data: both
+    take their terms from kuosan.losses.vlb, so this pins the loss's wiring (t_i = (i+1)/N, fixed_v = +-1, the x_t
+    draw) to the bound's."""
     from kuosan.losses import vlb_term as loss_vlb_term
 
     gmm, proc = mixture_2d(), DiscreteVP.linear(20, 1e-3, 0.4)

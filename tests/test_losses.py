@@ -352,6 +352,16 @@ def test_prior_kl_matches_the_closed_form(proc):
     torch.testing.assert_close(prior_kl(proc, x0), want, rtol=1e-9, atol=1e-12)
 
 
+def test_the_bound_terms_have_one_copy():
+    """The hybrid loss and kuosan.likelihood's DDPM bound take their terms from losses.vlb: no second copy to drift."""
+    from kuosan.likelihood import bound
+    from kuosan.losses import vlb
+
+    for name in ("prior_kl", "step_variances", "reverse_kl", "decoder_nll_discretized", "decoder_nll_gaussian",
+                 "VARIANCES", "DECODERS"):
+        assert getattr(bound, name) is getattr(vlb, name), name
+
+
 def test_hybrid_loss_is_simple_plus_lambda_vlb_with_a_stopped_mean():
     proc, g = DiscreteVP.cosine(400), torch.Generator().manual_seed(12)
     A = torch.randn(3, 3, generator=g, dtype=F64).requires_grad_()

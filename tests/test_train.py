@@ -13,26 +13,25 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import kuosan
 from kuosan.analytic import GaussianMixture
 from kuosan.config import config_dict, parse_config
 from kuosan.eval.metrics import sliced_wasserstein
+from kuosan.pipeline import generate
+from kuosan.registry import build_denoiser, build_network, net_arguments
+from kuosan.rng import batch_indices, seed_init
 from kuosan.train import (
+    DenoisingObjective,
     TrainingDiverged,
-    build_denoiser,
     build_loss,
-    build_network,
     ema_decay,
     find_checkpoint,
     fit,
-    generate,
     learning_rate,
     load_checkpoint,
-    load_model,
-    net_arguments,
     optimizer_state,
 )
 from kuosan.train.ema import EMA
-from kuosan.train.rng import batch_indices, seed_init
 
 MIXTURE = GaussianMixture(
     weights=[0.5, 0.5],
@@ -41,13 +40,7 @@ MIXTURE = GaussianMixture(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and a shared CPU turns more into spin-waiting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_data(n: int, seed: int) -> torch.Tensor:
@@ -67,12 +60,12 @@ def toy_config(**train):
 
 
 def run(cfg, run_dir, data, *, resume=False, callback=None, loss_fn=None):
-    """What train_from_config does, with the data and loss given (the meta lets load_model rebuild the net)."""
+    """What train_from_config does, with the data and loss given (the meta lets kuosan.load rebuild the net)."""
     seed_init(cfg.train.seed)
     net = build_network(cfg, (2,))
     meta = {"config": config_dict(cfg), "data_shape": [2], "net": {"kind": "mlp", **net_arguments(cfg, (2,))}}
-    return fit(net, functools.partial(build_denoiser, cfg), data, loss_fn or build_loss(cfg.loss), cfg.train,
-               run_dir, resume=resume, callback=callback, meta=meta, sample=cfg.sample)
+    objective = DenoisingObjective(net, functools.partial(build_denoiser, cfg), loss_fn or build_loss(cfg.loss))
+    return fit(objective, data, cfg.train, run_dir, resume=resume, callback=callback, meta=meta, sample=cfg.sample)
 
 
 def assert_same_checkpoint(a, b):
@@ -95,7 +88,7 @@ def test_toy_model_learns_the_mixture(tmp_path):
     cfg = toy_config(steps=400, batch_size=256, lr=3e-3, warmup=50, ckpt_every=0, ema_decay=0.99, log_every=100)
     data, held_out = toy_data(20000, 0), toy_data(2000, 1)
     result = run(cfg, tmp_path, data)
-    trained, _, _ = load_model(result.checkpoint)  # EMA weights, rebuilt from the checkpoint alone
+    trained = kuosan.load(result.checkpoint, device="cpu").denoiser  # EMA weights, from the checkpoint alone
     seed_init(cfg.train.seed)
     untrained = build_denoiser(cfg, build_network(cfg, (2,)))
 
@@ -211,7 +204,7 @@ def test_checkpoints_never_go_through_pickle(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", no_pickle)
     monkeypatch.setattr(pickle, "load", no_pickle)
     monkeypatch.setattr(pickle, "loads", no_pickle)
-    den, _, ckpt = load_model(tmp_path, ema=False)
+    den = kuosan.load(tmp_path, ema=False, device="cpu").denoiser
     for k, v in den.net.state_dict().items():
         assert torch.equal(v, plain[k])
     run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 6})}), tmp_path, data, resume=True)
@@ -219,7 +212,7 @@ def test_checkpoints_never_go_through_pickle(tmp_path, monkeypatch):
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    from kuosan.train import checkpoint as ck
+    from kuosan import checkpoint as ck
 
     cfg, data = toy_config(steps=8, ckpt_every=2, keep=2), toy_data(100, 0)
     real, calls = ck.save_file, {"n": 0}

@@ -1,26 +1,54 @@
 """kuosan (扩散) — diffusion models as the book *AIGC 扩散模型* lays them out.
 
     process -> prediction -> denoiser -> loss / sampler / likelihood
+    registry / pipeline (kuosan.load) -> train (objectives), eval -> cli
+
+Everything is imported on first use, so `kuosan --help` does not wait for torch.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
-
-from . import analytic, predictions, processes
-from .denoiser import Denoiser
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("losses", "samplers", "likelihood", "nets", "data", "train", "eval", "distill")
-__all__ = ["Denoiser", "analytic", "predictions", "processes", "sample", *_SUBPACKAGES, "__version__"]
+_SUBPACKAGES = ("analytic", "predictions", "processes", "losses", "samplers", "likelihood", "nets", "data",
+                "registry", "pipeline", "train", "eval")
+_NAMES = {"Denoiser": "denoiser", "sample": "samplers", "load": "pipeline", "Pipeline": "pipeline"}
+__all__ = [
+    "Denoiser", "sample", "load", "Pipeline", "analytic", "predictions", "processes", "losses", "samplers",
+    "likelihood", "nets", "data", "registry", "pipeline", "train", "eval", "__version__",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import (
+        analytic,
+        data,
+        eval,
+        likelihood,
+        losses,
+        nets,
+        pipeline,
+        predictions,
+        processes,
+        registry,
+        samplers,
+        train,
+    )
+    from .denoiser import Denoiser
+    from .pipeline import Pipeline, load
+    from .samplers import sample
 
 
 def __getattr__(name: str) -> Any:
-    """Import the heavier subpackages on first use (`kuosan.samplers`, `kuosan.sample`, ...)."""
-    if name == "sample":
-        return importlib.import_module(".samplers", __name__).sample
+    """Import subpackages and the top-level API (`kuosan.Denoiser`, `kuosan.sample`, `kuosan.load`) on first use."""
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
     if name in _SUBPACKAGES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'kuosan' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

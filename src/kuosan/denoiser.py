@@ -4,6 +4,7 @@ loss and likelihood talks to.
     model = Denoiser(fn, process, prediction="eps")
     x0, eps = model.predict(x, t)          # one network evaluation
     model.score(x, t), model.velocity(x, t), model.nfe
+    guided = model.replace(guidance=3.0, uncond={"y": null})   # classifier-free guidance, same network
 """
 
 from __future__ import annotations
@@ -60,14 +61,19 @@ class Denoiser(nn.Module):
         prediction: "eps" | "x0" | "v" | "score" | "velocity" (default "eps"; "x0" under precondition="edm").
         precondition: None or "edm" (then fn is EDM's F and the Denoiser's raw output is D, an x0).
         sigma_data: EDM's data standard deviation.
-        guidance: classifier-free guidance scale w (Ho & Salimans 2022, arXiv:2207.12598, eq. 6):
-            eps = eps(x | uncond) + w (eps(x | cond) - eps(x | uncond)); w = 1 is the plain conditional model.
-            One guided evaluation counts as one NFE (the two branches run as one batch).
-        uncond: keyword arguments of the unconditional branch (same keys as the conditional ones).
+        guidance: classifier-free guidance scale w (Ho & Salimans 2022, arXiv:2207.12598, eq. 6), applied to
+            the raw outputs: out = out_u + w (out_c - out_u); w = 1 is the plain conditional model (exactly eq. 6 for
+            every prediction kind, and defined where alpha = 0: see `_guided`). A guided Denoiser must be called with
+            a condition; one guided evaluation counts as one NFE (the two branches run as one batch).
+        uncond: keyword arguments of the unconditional branch (same keys as the conditional ones); required
+            with `guidance` (kuosan's nets use class index `num_classes` as the null class).
         time_input: maps process time to what fn expects (e.g. lambda t: t * 1000 - 1 for diffusers indices).
         learned_variance: fn returns 2C channels along dim 1: the prediction, then the improved-DDPM variance
             interpolation v in [-1, 1]-ish units (Nichol & Dhariwal 2021, eq. 15); `forward` returns the
             prediction half and `predict_with_variance` both.
+        clip_x0: applied to x0 at every evaluation (after guidance), the output re-expressed in its own kind
+            so that every sampler, stochastic or ODE, sees an x0 in the data range; e.g. lambda x0:
+            x0.clamp(-1, 1) (diffusers' clip_sample) or `kuosan.samplers.common.dynamic_threshold`.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class Denoiser(nn.Module):
         uncond: dict[str, Any] | None = None,
         time_input: Callable[[Tensor], Tensor] | None = None,
         learned_variance: bool = False,
+        clip_x0: Callable[[Tensor], Tensor] | None = None,
     ):
         super().__init__()
         if precondition not in (None, "edm"):
@@ -91,16 +98,39 @@ class Denoiser(nn.Module):
         check_prediction(prediction)
         if precondition == "edm" and prediction != "x0":
             raise ValueError(f"EDM preconditioning makes the model an x0-predictor; got prediction={prediction!r}")
+        if guidance is not None and not uncond:
+            raise ValueError(f"guidance={guidance} needs `uncond`, the keyword arguments of the unconditional "
+                             "branch (e.g. uncond={'y': torch.tensor(num_classes)})")
         self.net = fn if isinstance(fn, nn.Module) else None
         self.fn = fn
         self.process = process
         self.prediction = prediction
         self.precond = EDMPrecond(sigma_data) if precondition == "edm" else None
+        self.sigma_data = sigma_data
         self.guidance = guidance
         self.uncond = uncond
         self.time_input = time_input
         self.learned_variance = learned_variance
+        self.clip_x0 = clip_x0
         self.nfe = 0
+
+    def replace(self, **changes: Any) -> Denoiser:
+        """A new Denoiser over the same fn and process with some constructor arguments changed (guidance,
+        uncond, clip_x0, ...); its nfe counter starts at 0."""
+        settings = {
+            "prediction": self.prediction,
+            "precondition": None if self.precond is None else "edm",
+            "sigma_data": self.sigma_data,
+            "guidance": self.guidance,
+            "uncond": self.uncond,
+            "time_input": self.time_input,
+            "learned_variance": self.learned_variance,
+            "clip_x0": self.clip_x0,
+        }
+        unknown = set(changes) - set(settings)
+        if unknown:
+            raise TypeError(f"replace() can change {sorted(settings)}; not {sorted(unknown)}")
+        return Denoiser(self.fn, self.process, **{**settings, **changes})
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def reset_nfe(self) -> int:
@@ -159,26 +189,46 @@ class Denoiser(nn.Module):
         return x0, eps, out[:, c:]
 
     def _evaluate(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
-        self.nfe += 1
-        if self.guidance is None or not cond:
-            return self._call(x, t, cond)
-        if self.learned_variance:
+        if self.guidance is not None and not cond:
+            raise ValueError(f"guidance={self.guidance} needs a condition: call with cond (e.g. "
+                             "kuosan.sample(..., cond={'y': labels})), or use replace(guidance=None)")
+        if self.guidance is not None and self.learned_variance:
             raise ValueError("classifier-free guidance with a learned variance is not supported")
-        return self._guided(x, t, cond)
+        self.nfe += 1
+        out = self._call(x, t, cond) if self.guidance is None else self._guided(x, t, cond)
+        if self.clip_x0 is None:
+            return out
+        if self.learned_variance:  # (B, 2C, ...): clip the prediction half, keep the variance half
+            c = x.shape[1]
+            return torch.cat([self._clipped(self.clip_x0, out[:, :c], x, t), out[:, c:]], dim=1)
+        return self._clipped(self.clip_x0, out, x, t)
 
     def _guided(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
-        """Classifier-free guidance, applied to eps (Ho & Salimans 2022, eq. 6); both branches in one batch."""
+        """Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6) on the raw outputs:
+            out = out_u + w (out_c - out_u) = (1 - w) out_u + w out_c.
+        Every kind is linear in (x0, eps) at fixed x_t and t (predictions.py), out = A x0 + B eps, so this is
+        the kind of the pair (x0_u + w (x0_c - x0_u), eps_u + w (eps_c - eps_u)); the weights 1 - w and w sum
+        to one, so that pair still satisfies x_t = alpha x0 + sigma eps. Where alpha > 0, x0 = (x_t - sigma eps)
+        / alpha makes out affine in eps with the same x_t-coefficient in both branches, so this equals eq. 6's
+        guided eps expressed as the model's kind (for score: (1 - w) score_u + w score_c); unlike a conversion
+        through 1/alpha it is also defined at alpha = 0 (rectified flow's t = 1). EDM's D is an x0, likewise.
+        Both branches run as one batch; torch.lerp is exact at w = 0 (out_u) and w = 1 (out_c)."""
         uncond = self.uncond or {}
         if set(uncond) != set(cond):
             raise ValueError(f"guidance needs `uncond` with the same keys as cond {sorted(cond)}; got {sorted(uncond)}")
         b = x.shape[0]
         both = {k: torch.cat([cond[k], torch.as_tensor(uncond[k]).expand_as(cond[k]).to(cond[k])]) for k in cond}
-        out = self._call(torch.cat([x, x]), torch.cat([t, t]), both)
+        out = self._call(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, ...): conditional, then unconditional
+        return torch.lerp(out[b:], out[:b], self.guidance)
+
+    def _clipped(self, clip: Callable[[Tensor], Tensor], out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The output `out` (of kind self.prediction) with its x0 replaced by clip(x0) and eps by the noise
+        consistent with it, eps' = (x_t - alpha x0') / sigma (diffusers' clip_sample; Saharia et al. 2022,
+        arXiv:2205.11487, §2.3 with dynamic thresholding), expressed again as self.prediction."""
         c = self._coefficients_for(x, t, "eps")
-        eps_c = to_x0_eps(self.prediction, out[:b], x, c)[1]
-        eps_u = to_x0_eps(self.prediction, out[b:], x, c)[1]
-        eps = eps_u + self.guidance * (eps_c - eps_u)
-        return from_x0_eps(self.prediction, (x - c.sigma * eps) / c.alpha, eps, x, c)
+        x0 = clip(to_x0_eps(self.prediction, out, x, c)[0])
+        ax0 = torch.where(c.alpha == 0, 0.0, c.alpha * x0)  # alpha = 0: x_t = sigma eps (an eps model has no x0)
+        return from_x0_eps(self.prediction, x0, (x - ax0) / c.sigma, x, c)
 
     def predict(self, x: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
         """(x0, eps) from one evaluation."""
@@ -216,4 +266,5 @@ class Denoiser(nn.Module):
 
     def extra_repr(self) -> str:
         pre = ", precondition='edm'" if self.precond else ""
-        return f"process={self.process!r}, prediction={self.prediction!r}{pre}, nfe={self.nfe}"
+        cfg = "" if self.guidance is None else f", guidance={self.guidance}"
+        return f"process={self.process!r}, prediction={self.prediction!r}{pre}{cfg}, nfe={self.nfe}"

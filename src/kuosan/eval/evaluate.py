@@ -92,15 +92,21 @@ def _feature_map(data_cfg: Any, data_shape: tuple[int, ...], inception: str | Pa
             f"digits classifier, penultimate layer ({info['feature_dim']}-d, {info['test_accuracy']:.1%} held-out)",
             digits_features,
         )
+    if tuple(data_shape) == (1, 28, 28):
+        from .features import mnist_feature_info, mnist_features
+
+        info = mnist_feature_info()
+        return (f"MNIST classifier, penultimate layer ({info['feature_dim']}-d, {info['accuracy']:.1%} held-out; "
+                "meaningful for digit-like grey 28x28 images)", mnist_features)
     if len(data_shape) == 1:
         return "the points themselves", lambda x: x.reshape(len(x), -1).double()
     return "raw pixels (no feature network for this data; pass --inception PATH for FID)", lambda x: x.flatten(1)
 
 
 def _real_data(data_cfg: Any, seed: int) -> tuple[Tensor, Tensor, str]:
-    """(training data, held-out data, note) for a run's data config."""
+    """(training data, held-out data, note) for a run's data config: the held-out part is never trained on."""
     from .. import data
-    from ..train import build_data
+    from ..registry import build_data
 
     if data_cfg.kind == "digits":
         train, _ = data.load_digits(data_cfg.split, data_cfg.size)
@@ -110,10 +116,14 @@ def _real_data(data_cfg: Any, seed: int) -> tuple[Tensor, Tensor, str]:
     if data_cfg.kind == "toy2d":
         g = torch.Generator().manual_seed(10_000 + seed)  # fresh draws, not the training points
         return data.toy2d(data_cfg.name, 5_000, g), data.toy2d(data_cfg.name, 5_000, g), ""
-    x = build_data(data_cfg, seed).x
-    half = len(x) // 2
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return x, x[perm[half:]], "no held-out split for this data: the floor compares two halves of the training data"
+    ds = build_data(data_cfg)
+    if ds.heldout is not None and len(ds.heldout):
+        return ds.x, ds.heldout, ""
+    half = len(ds.x) // 2
+    perm = torch.randperm(len(ds.x), generator=torch.Generator().manual_seed(seed))
+    return (ds.x[perm[:half]], ds.x[perm[half:]],
+            "no held-out split for this data (data.heldout=0): the floor and the likelihood use one half of the "
+            "training data against the other, both seen in training")
 
 
 def build_reference(
@@ -173,22 +183,31 @@ def draw_samples(
     batch_size: int = 1000,
     device: torch.device | str = "cpu",
     num_classes: int | None = None,
+    progress: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
     """shape[0] samples by `method` (a sampler spec, see parse_sampler) with an `nfe` budget, in batches;
     returns (x, {nfe_used, seconds}). A class-conditional model (num_classes) gets the classes in turn,
-    y = i mod num_classes."""
-    from ..train import generate
+    y = i mod num_classes. progress: a bar (stderr) counting network evaluations."""
+    from tqdm.auto import tqdm
 
+    from ..pipeline import generate
+
+    spec = method
     method, options = parse_sampler(method)
     g = torch.Generator(device).manual_seed(seed)
     n, batches, evaluations = shape[0], [], 0
+    n_batches = -(-n // batch_size)
+    bar = tqdm(total=n_batches * nfe, desc=f"{spec} {nfe} NFE, {n} samples", unit="NFE", leave=False,
+               disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
-    for i in range(0, n, batch_size):
+    for k, i in enumerate(range(0, n, batch_size)):
         denoiser.reset_nfe()
         b = min(batch_size, n - i)
         cond = {"y": torch.arange(i, i + b, device=device) % num_classes} if num_classes else None
+        tick = (lambda step, k=k: bar.update(k * nfe + denoiser.nfe - bar.n)) if progress else None
         batches.append(generate(denoiser, (b, *shape[1:]), method=method, nfe=nfe, generator=g, device=device,
-                                cond=cond, **options).cpu())
+                                cond=cond, callback=tick, **options).cpu())
         evaluations = max(evaluations, denoiser.nfe)
+    bar.close()
     seconds = time.perf_counter() - start
     return torch.cat(batches), {"nfe_used": evaluations, "seconds": seconds, "seconds_per_1000": 1000 * seconds / n}

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..train.images import save_figure
+from ..pictures import save_figure
 
 __all__ = ["plot_metric_vs_nfe", "plot_sample_sheet"]
 

@@ -131,7 +131,9 @@ def evaluate(
     log(f"{name}: {len(ref.heldout)} held-out vs {len(ref.train)} training samples: FD {floor['fd']:.3f}")
     draw_kw = {"seed": seed, "batch_size": batch_size, "device": device, "num_classes": num_classes}
     meta = meta or {}
-    tag = f"{meta['checkpoint']} ema={meta.get('ema')}" if "checkpoint" in meta else None  # None: never reuse
+    tag = None  # None: never reuse saved samples
+    if "checkpoint" in meta:
+        tag = f"{meta['checkpoint']} ema={meta.get('ema')} clip_x0={meta.get('clip_x0', 'none')}"
     results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), nfes, ref, out, draw_kw, log, tag)
     report: dict[str, Any] = {
         "recipe": name, **meta, "n": n, "seed": seed, "features": ref.features_name,
@@ -174,19 +176,21 @@ def run_eval(
     inception: str | Path | None = None,
     ema: bool = True,
     device: str = "auto",
+    clip_x0: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """`kuosan eval`: load a trained run and `evaluate` it into <run>/eval (or `out`); returns the report dict."""
-    from ..train import load_model
-    from ..train.distributed import pick_device
+    """`kuosan eval`: load a trained run and `evaluate` it into <run>/eval (or `out`); returns the report dict.
+    clip_x0: the x0 clipping of every sampler ("auto", "none", "clip", "dynamic"; default: the run's)."""
+    from ..pipeline import load
 
-    dev = pick_device(device)
-    denoiser, cfg, ckpt = load_model(checkpoint, ema=ema, device=dev)
-    data_shape = tuple(ckpt.state["data_shape"])
+    pipe = load(checkpoint, ema=ema, device=device)
+    denoiser, cfg, ckpt, dev = pipe.model(clip_x0=clip_x0), pipe.config, pipe.checkpoint, pipe.device
+    data_shape = pipe.data_shape
     ref = build_reference(cfg, data_shape, inception=inception, seed=seed)
-    meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "ema": ema,
+    clip = clip_x0 or cfg.sample.clip_x0
+    meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "ema": ema, "clip_x0": clip,
             "process": cfg.process.model_dump(mode="json")}
     return evaluate(denoiser, ref, data_shape, out if out is not None else ckpt.path.parents[1] / "eval",
-                    samplers, nfes, n, nll, name=f"{cfg.name} (step {ckpt.step})", meta=meta, seed=seed,
+                    samplers, nfes, n, nll, name=f"{pipe.run_dir.name} (step {ckpt.step})", meta=meta, seed=seed,
                     batch_size=batch_size, nll_n=nll_n, device=dev, num_classes=ckpt.state.get("num_classes"),
                     log=log)

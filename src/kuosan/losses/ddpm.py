@@ -8,6 +8,9 @@ Training index i in {0..N-1} is the book's step i+1, at t_i = (i+1)/N; its prede
     beta~_i       = beta_i sigma^2(t_{i-1}) / sigma^2(t_i)        (posterior variance, Ho eq. 7)
     L_{i}         = KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t))      for i > 0
     L_0           = -log p_theta(x0 | x_1), Gaussian discretised into 256 bins (Ho eq. 13)
+
+The terms themselves live in losses/vlb.py, shared with kuosan.likelihood.ddpm_vlb; this module picks the
+training times and the network's variance output.
 """
 
 from __future__ import annotations
@@ -19,56 +22,43 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..processes.base import Process, append_dims
-from ._common import mean_flat, require_training_grid, sum_flat
-from .vlb import discretized_gaussian_log_likelihood, normal_kl
+from ..processes.base import Process
+from ._common import mean_flat, require_training_grid, training_grid
+from .vlb import bound_term, interpolated_log_variance, step_variances
 
 __all__ = ["ddpm_log_betas", "ddpm_posterior_logvar_learned", "vlb_term", "hybrid_loss"]
 
 
-def _step_times(process: Process, t_index: Tensor) -> tuple[Tensor, Tensor]:
-    """(t_i, t_{i-1}) = ((i+1)/N, i/N) as float64 (B,)."""
-    i = torch.as_tensor(t_index).to(torch.float64)
-    return process.t_of_index(i), process.t_of_index(i - 1)  # type: ignore[attr-defined]
+def _grid(process: Process, device) -> Tensor:
+    """The training times t_i = (i+1)/N, i = 0..N-1, as float64 (N,) (the bound's tau_1 < ... < tau_N)."""
+    return training_grid(process).to(device)  # type: ignore[union-attr]
 
 
 def ddpm_log_betas(process: Process, t_index: Tensor) -> tuple[Tensor, Tensor]:
-    """(log beta_i, log beta~_i clipped) as float64 (B,) (Ho et al. 2020, eqs. 2 and 7).
+    """(log beta_i, log beta~_i clipped) as float64 (B,) (Ho et al. 2020, eqs. 2 and 7), from vlb.step_variances.
 
     beta~_0 = 0, so at i = 0 the clipped value beta~_1 is used, as in the improved-DDPM code.
     """
     require_training_grid(process, "the DDPM variational bound")
     i = torch.as_tensor(t_index)
-    t, s = _step_times(process, i)
-    log_beta = torch.log(process.transition(s, t)[1])
-    t1, s1 = _step_times(process, i.clamp(min=1))
-    _, var1 = process.transition(s1, t1)
-    log_beta_tilde = torch.log(var1 * process.sigma(s1) ** 2 / process.sigma(t1) ** 2)
-    return log_beta, log_beta_tilde
+    beta, beta_tilde = step_variances(process, _grid(process, i.device))
+    return torch.log(beta)[i], torch.log(beta_tilde)[i]
 
 
 def ddpm_posterior_logvar_learned(process: Process, t_index: Tensor, v: Tensor) -> Tensor:
     """log Sigma_theta = frac log beta_t + (1 - frac) log beta~_t with frac = (v + 1)/2 (Nichol & Dhariwal 2021,
     arXiv:2102.09672, eq. 15); v is the network's raw output in [-1, 1] units, shaped like x."""
-    log_beta, log_beta_tilde = ddpm_log_betas(process, t_index)
-    frac = (v + 1) / 2
-    lb = append_dims(log_beta.to(v.dtype), v.ndim)
-    lbt = append_dims(log_beta_tilde.to(v.dtype), v.ndim)
-    return frac * lb + (1 - frac) * lbt
+    return interpolated_log_variance(*ddpm_log_betas(process, t_index), v)
 
 
 def _vlb_from_prediction(
     process: Process, x0: Tensor, x_t: Tensor, x0_hat: Tensor, v: Tensor, t_index: Tensor
 ) -> Tensor:
     """L_i in nats per sample (B,): the Gaussian KL for i > 0, the discretised decoder NLL for i = 0."""
-    t, s = _step_times(process, t_index)
-    mean_q, _ = process.posterior(x_t, x0, s, t)
-    mean_p, _ = process.posterior(x_t, x0_hat, s, t)  # mu_theta = mu~(x_t, x0_theta) (Ho eq. 7, 11)
-    logvar_p = ddpm_posterior_logvar_learned(process, t_index, v)
-    logvar_q = append_dims(ddpm_log_betas(process, t_index)[1].to(x0.dtype), x0.ndim).expand_as(x0)
-    kl = sum_flat(normal_kl(mean_q, logvar_q, mean_p, logvar_p))
-    nll = -sum_flat(discretized_gaussian_log_likelihood(x0, mean_p, 0.5 * logvar_p))
-    return torch.where(torch.as_tensor(t_index, device=x0.device) == 0, nll, kl)
+    times = _grid(process, x0.device)
+    beta, beta_tilde = step_variances(process, times)
+    log_var = interpolated_log_variance(torch.log(beta)[t_index], torch.log(beta_tilde)[t_index], v)
+    return bound_term(process, x0, x_t, x0_hat, log_var, t_index, times, "discretized")
 
 
 def _noised(denoiser: Denoiser, x0: Tensor, t: Tensor, noise: Tensor | None, generator) -> tuple[Tensor, Tensor]:
@@ -105,7 +95,7 @@ def vlb_term(
     """
     require_training_grid(denoiser.process, "vlb_term")
     t_index = torch.as_tensor(t_index, device=x0.device)
-    t, _ = _step_times(denoiser.process, t_index)
+    t = _grid(denoiser.process, x0.device)[t_index]
     x_t, _ = _noised(denoiser, x0, t, noise, generator)
     x0_hat, _, v = _predict(denoiser, x_t, t, cond, fixed_v)
     if stop_grad_mean:
@@ -134,7 +124,8 @@ def hybrid_loss(
         raise ValueError("hybrid_loss trains a learned variance: build the Denoiser with learned_variance=True")
     if t_index is None:
         t_index = torch.randint(0, N, (x0.shape[0],), generator=generator, device=x0.device)
-    t, _ = _step_times(denoiser.process, t_index)
+    t_index = torch.as_tensor(t_index, device=x0.device)
+    t = _grid(denoiser.process, x0.device)[t_index]
     x_t, eps = _noised(denoiser, x0, t, noise, generator)
     x0_hat, eps_hat, v = denoiser.predict_with_variance(x_t, t, **cond)
     l_simple = mean_flat((eps_hat - eps) ** 2)

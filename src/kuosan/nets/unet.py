@@ -11,6 +11,8 @@ Every ResBlock adds the embedding of t (and of the class y) through its own proj
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,12 +22,82 @@ from .embeddings import ClassEmbedding, TimeEmbedding, embed
 __all__ = ["UNet"]
 
 
-def norm_groups(channels: int, groups: int) -> int:
-    """The largest group count <= groups that divides channels (GroupNorm needs a divisor)."""
+MAX_GROUPS, MIN_GROUP_WIDTH = 32, 4  # automatic GroupNorm: at most 32 groups of at least 4 channels
+MAX_LEVELS, MIN_HALVED_SIDE, MIN_ATTENTION_SIDE = 4, 8, 7  # automatic layout from image_size
+
+
+def auto_groups(channels: int) -> int:
+    """The largest divisor g <= 32 of channels with >= 4 channels per group (1 below 8 channels).
+
+    One channel per group is instance norm: it erases each channel's mean, so a net cannot see an image's
+    overall brightness."""
+    return max(g for g in range(1, MAX_GROUPS + 1) if channels % g == 0 and (g == 1 or channels >= MIN_GROUP_WIDTH * g))
+
+
+def norm_groups(channels: int, groups: int | None) -> int:
+    """The largest group count <= groups that divides channels (GroupNorm needs a divisor); None = auto_groups."""
+    if groups is None:
+        return auto_groups(channels)
     g = max(1, min(groups, channels))
     while channels % g:
         g -= 1
     return g
+
+
+def auto_sides(image_size: int) -> tuple[int, ...]:
+    """Feature-map sides of the automatic layout: halve while the side is even and >= 8, at most 4 levels."""
+    sides = [image_size]
+    while len(sides) < MAX_LEVELS and sides[-1] % 2 == 0 and sides[-1] >= MIN_HALVED_SIDE:
+        sides.append(sides[-1] // 2)
+    return tuple(sides)
+
+
+def resolve_layout(
+    image_size: int | None, channel_mults: tuple[int, ...] | None, attention_resolutions: tuple[int, ...] | None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(channel_mults, attention_resolutions) with None filled in from image_size, checked against its levels."""
+    if image_size is None:
+        if attention_resolutions:
+            raise ValueError(
+                f"attention_resolutions={tuple(attention_resolutions)} are feature-map sides: pass image_size "
+                "(the input side) so they can be placed, or attention_resolutions=()"
+            )
+        return (1, 2, 2) if channel_mults is None else tuple(channel_mults), ()
+    if channel_mults is None:
+        channel_mults = (1,) + (2,) * (len(auto_sides(image_size)) - 1)
+    levels = len(channel_mults)
+    if image_size % 2 ** (levels - 1):
+        raise ValueError(
+            f"image_size={image_size} does not divide by 2^{levels - 1}, as channel_mults={tuple(channel_mults)} "
+            f"({levels} levels) needs; pass channel_mults=None to fit the levels to the image"
+        )
+    sides = [image_size // 2**level for level in range(levels)]
+    if attention_resolutions is None:
+        # one attention level, the smallest side >= 7 (28 -> 7, 32 -> 8): self-attention over <= 64 tokens per
+        # image when the image is small, its cost (quadratic in the side^2) kept low for CPU training
+        return tuple(channel_mults), (min((s for s in sides if s >= MIN_ATTENTION_SIDE), default=sides[-1]),)
+    unmatched = [r for r in attention_resolutions if r not in sides]
+    where = f"this {image_size}x{image_size} U-Net; its levels are {', '.join(map(str, sides))}"
+    if unmatched and len(unmatched) == len(attention_resolutions):
+        raise ValueError(f"attention_resolutions {list(attention_resolutions)} matches no level of {where}")
+    if unmatched:
+        warnings.warn(f"attention_resolutions {unmatched} match no level of {where}; they get no attention",
+                      stacklevel=3)
+    return tuple(channel_mults), tuple(attention_resolutions)
+
+
+def warn_single_channel_groups(net: nn.Module, groups: int) -> None:
+    """Warn when an explicit `groups` leaves any GroupNorm with one channel per group (instance norm)."""
+    widths = sorted({m.num_channels for m in net.modules() if isinstance(m, nn.GroupNorm)
+                     and m.num_groups == m.num_channels})
+    if widths:
+        w = widths[0]
+        warnings.warn(
+            f"groups={groups} makes GroupNorm one channel per group at width(s) {', '.join(map(str, widths))} "
+            "(instance norm: it erases each channel's mean, so the net cannot see an image's overall brightness); "
+            f"pass groups=None (automatic, >= 4 channels per group: {auto_groups(w)} groups at width {w})",
+            stacklevel=3,
+        )
 
 
 def zero_(module: nn.Module) -> nn.Module:
@@ -38,7 +110,7 @@ def zero_(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """GN-SiLU-conv, + projection of emb, GN-SiLU-dropout-conv (zero-init), + skip (1x1 conv if widths differ)."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float, scale_shift: bool):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int | None, dropout: float, scale_shift: bool):
         super().__init__()
         self.norm1 = nn.GroupNorm(norm_groups(c_in, groups), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -67,7 +139,7 @@ class Attention(nn.Module):
     (on CPU a 1x1 convolution costs several times the same matmul).
     """
 
-    def __init__(self, channels: int, groups: int, head_dim: int | None):
+    def __init__(self, channels: int, groups: int | None, head_dim: int | None):
         super().__init__()
         self.heads = channels // head_dim if head_dim else 1
         if channels % self.heads:
@@ -122,40 +194,48 @@ class UNet(nn.Module):
     Args:
         in_channels: image channels (1 grey, 3 RGB); base_channels: width of the first level.
         channel_mults: width of each level as a multiple of base_channels; H and W must divide by
-            2^(levels - 1).
+            2^(levels - 1). None = automatic from image_size (below); (1, 2, 2) without image_size.
         num_res_blocks: residual blocks per level on the way down (one more on the way up).
-        attention_resolutions: feature-map sides (pixels) that get self-attention; needs image_size.
+        attention_resolutions: feature-map sides (pixels) that get self-attention; needs image_size. A side
+            that is no level's is a ValueError if none matches, a warning if some do. None = automatic (below).
         dropout: inside every residual block. num_classes: class conditioning (label num_classes = null).
         learn_sigma: output 2 * in_channels (prediction, then the variance interpolation).
         time_embedding: "sinusoidal" | "fourier"; time_scale multiplies t in the sinusoidal one.
-        groups: GroupNorm groups, lowered to a divisor of each width. image_size: the input side.
-        scale_shift: FiLM conditioning (improved DDPM) instead of an added bias.
+        groups: GroupNorm groups, lowered to a divisor of each width; a value that leaves some GroupNorm one
+            channel per group (instance norm, blind to overall brightness) warns. None = automatic: per width,
+            the largest divisor <= 32 with >= 4 channels per group (32 ch -> 8, 64 -> 16, 128+ -> 32).
+        image_size: the input side. scale_shift: FiLM conditioning (improved DDPM) instead of an added bias.
         attention_head_dim: channels per head; None = one head per attention layer (DDPM).
+
+    The automatic layout (channel_mults / attention_resolutions = None, image_size given): levels halve while
+    the side is even and >= 8, at most 4 levels, so odd sides end the descent and skips always match
+    (8 -> 8, 4; 12 -> 12, 6; 28 -> 28, 14, 7; 32 -> 32, 16, 8, 4; 64 -> 64, 32, 16, 8); channel_mults =
+    (1, 2, ..., 2), one per level; attention at one level, the smallest side >= 7 (8 -> 8, 16 -> 8, 28 -> 7,
+    32 -> 8; the bottom level if none is that large), none without image_size (the middle block always
+    attends). Explicit values are used as given; with image_size, one that 2^(levels - 1) does not divide is a
+    ValueError at construction.
     """
 
     def __init__(
         self,
         in_channels: int = 1,
         base_channels: int = 64,
-        channel_mults: tuple[int, ...] = (1, 2, 2),
+        channel_mults: tuple[int, ...] | None = None,
         num_res_blocks: int = 2,
-        attention_resolutions: tuple[int, ...] = (4,),
+        attention_resolutions: tuple[int, ...] | None = None,
         dropout: float = 0.0,
         num_classes: int | None = None,
         learn_sigma: bool = False,
         time_embedding: str = "sinusoidal",
-        groups: int = 32,
+        groups: int | None = None,
         image_size: int | None = None,
         scale_shift: bool = False,
         attention_head_dim: int | None = None,
         time_scale: float = 1000.0,
     ):
         super().__init__()
-        if attention_resolutions and image_size is None:
-            raise ValueError(
-                f"attention_resolutions={tuple(attention_resolutions)} are feature-map sides: pass image_size "
-                "(the input side) so they can be placed, or attention_resolutions=()"
-            )
+        channel_mults, attention_resolutions = resolve_layout(image_size, channel_mults, attention_resolutions)
+        self.channel_mults, self.attention_resolutions, self.groups = channel_mults, attention_resolutions, groups
         self.in_channels, self.levels = in_channels, len(channel_mults)
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         emb_dim = 4 * base_channels
@@ -190,6 +270,8 @@ class UNet(nn.Module):
                 self.up.append(nn.ModuleList([Upsample(ch)]))
         self.out = nn.Sequential(nn.GroupNorm(norm_groups(ch, groups), ch), nn.SiLU())
         self.conv_out = zero_(nn.Conv2d(ch, self.out_channels, 3, padding=1))
+        if groups is not None:
+            warn_single_channel_groups(self, groups)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

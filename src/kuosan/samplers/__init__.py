@@ -15,7 +15,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from ..denoiser import Denoiser
 from .abm import sample_eabm
 from .analytic import GammaTable, estimate_gamma, sample_analytic_ddim, sample_analytic_ddpm
 from .ancestral import sample_ancestral
-from .common import BudgetExceeded, Callback, Step, dynamic_threshold, schedule
+from .common import BudgetExceeded, Callback, SamplerCache, Step, dynamic_threshold, schedule
 from .dpm_solver import sample_ddim, sample_dpm_solver, sample_dpmpp_2s, singlestep_orders
 from .flow import sample_flow_euler, sample_flow_midpoint
 from .grid import default_grid, make_ts
@@ -36,11 +36,12 @@ from .sde import sample_euler_maruyama, sample_pc, sample_reverse_diffusion
 from .unipc import sample_unipc
 
 __all__ = [
-    "sample", "available", "METHODS", "Method", "Step", "BudgetExceeded", "GammaTable", "estimate_gamma",
-    "dynamic_threshold", "sample_ancestral", "sample_ald", "sample_euler_maruyama", "sample_reverse_diffusion",
-    "sample_pc", "sample_euler", "sample_heun", "sample_heun_churn", "sample_rk45", "sample_ddim",
-    "sample_dpm_solver", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc",
-    "sample_eabm", "sample_analytic_ddpm", "sample_analytic_ddim", "sample_flow_euler", "sample_flow_midpoint",
+    "sample", "available", "METHODS", "Method", "Step", "BudgetExceeded", "SamplerCache", "GammaTable",
+    "estimate_gamma", "dynamic_threshold", "sample_ancestral", "sample_ald", "sample_euler_maruyama",
+    "sample_reverse_diffusion", "sample_pc", "sample_euler", "sample_heun", "sample_heun_churn", "sample_rk45",
+    "sample_ddim", "sample_dpm_solver", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde",
+    "sample_unipc", "sample_eabm", "sample_analytic_ddpm", "sample_analytic_ddim", "sample_flow_euler",
+    "sample_flow_midpoint",
 ]
 
 # A plan maps (evaluation budget or None, number of steps or None, does the grid start at alpha = 0, options)
@@ -110,6 +111,16 @@ class Method:
     def stochastic(self) -> bool:
         return self.order is None
 
+    @cached_property
+    def parameters(self) -> frozenset[str]:
+        """The keyword parameters of fn (read once per registry entry)."""
+        return frozenset(inspect.signature(self.fn).parameters)
+
+    @property
+    def options(self) -> frozenset[str]:
+        """The options a user may pass through `sample` (not the driver's own arguments)."""
+        return self.parameters - {"denoiser", "x", "ts"} - _DRIVER
+
 
 _ANCESTRAL_GRIDS, _ODE_GRIDS, _EXP_GRIDS = ("uniform", "karras"), ("karras", "uniform"), ("logsnr", "uniform")
 METHODS: dict[str, Method] = {
@@ -170,16 +181,11 @@ def available() -> list[str]:
     return list(METHODS)
 
 
-_DRIVER = {"generator", "callback", "denoise", "cond", "orders", "max_nfe"}
-
-
-@cache
-def _options_of(fn: Callable[..., Tensor]) -> frozenset[str]:
-    return frozenset(inspect.signature(fn).parameters) - {"denoiser", "x", "ts"} - _DRIVER
+_DRIVER = {"generator", "callback", "denoise", "cond", "orders", "max_nfe", "cache"}
 
 
 def _check_options(name: str, m: Method, options: dict[str, Any]) -> None:
-    params = _options_of(m.fn)
+    params = m.options
     unknown = set(options) - params
     if unknown:
         raise ValueError(f"method {name!r} takes no option(s) {sorted(unknown)}; its options: {sorted(params)}")
@@ -201,6 +207,7 @@ def sample(
     t_end: float | None = None,
     rho: float = 7.0,
     thresholding: bool = False,
+    cache: SamplerCache | None = None,
     **options: Any,
 ) -> Tensor:
     """Run `method` from x_T (at the grid's first time, process.t_max by default) with at most `nfe` network
@@ -210,21 +217,23 @@ def sample(
     as many steps as `nfe` allows, or an explicit descending tensor of times (then nfe=None means "as needed").
     t_start / t_end / rho shape a kind of grid; cond is passed to the network; thresholding=True clips x0
     predictions of the data-prediction solvers by dynamic thresholding (arXiv:2205.11487); other options go
-    to the method (see its function in `METHODS[method].fn`)."""
+    to the method (see its function in `METHODS[method].fn`). cache: a SamplerCache(denoiser.process) the caller
+    keeps across calls, so that grids and their coefficients are computed once (without it, once per call)."""
     if method not in METHODS:
         raise ValueError(f"unknown sampler {method!r}; available: {', '.join(available())}")
     m = METHODS[method]
     _check_options(method, m, options)
     if thresholding:
-        if "clip_x0" not in _options_of(m.fn):
+        if "clip_x0" not in m.options:
             raise ValueError(f"thresholding acts on x0 predictions; {method!r} is not a data-prediction solver")
         options["clip_x0"] = dynamic_threshold
     p = denoiser.process
+    cache = SamplerCache(p) if cache is None else cache  # without the caller's: shared within this call only
     if nfe is None and not isinstance(grid, Tensor):
         raise ValueError("nfe=None needs an explicit grid tensor")
-    kind = default_grid(p, m.grids, t_start, t_end) if grid is None else grid
+    kind = default_grid(p, m.grids, t_start, t_end, cache) if grid is None else grid
     t0 = float(grid[0]) if isinstance(grid, Tensor) else (p.t_max if t_start is None else t_start)
-    infinite_start = not math.isfinite(schedule(p, torch.tensor([t0], dtype=torch.float64)).lam[0])
+    infinite_start = not math.isfinite(schedule(p, torch.tensor([t0], dtype=torch.float64), cache).lam[0])
     if isinstance(kind, Tensor):
         ts, ends_at_zero = make_ts(p, kind, 0)
         n, extra, cost = m.plan(None, len(ts) - 1, infinite_start, options)
@@ -234,12 +243,14 @@ def sample(
             n, extra, cost = m.plan(nfe - int(denoise), None, infinite_start, options)
             if n < 1:
                 raise ValueError(f"{method!r} cannot take a step with nfe={nfe}; give it a larger budget")
-            ts, ends_at_zero = make_ts(p, kind, n, t_start=t_start, t_end=t_end, rho=rho)
+            ts, ends_at_zero = make_ts(p, kind, n, t_start=t_start, t_end=t_end, rho=rho, cache=cache)
             if denoise or not ends_at_zero:
                 break
             denoise = True
     denoise = denoise_final or ends_at_zero
     if nfe is not None and cost + int(denoise) > nfe:
         raise ValueError(f"{method!r} on this grid needs {cost + int(denoise)} evaluations, more than nfe={nfe}")
+    if "cache" in m.parameters:
+        extra["cache"] = cache
     return m.fn(denoiser, x_T, ts, generator=generator, callback=callback, denoise=denoise, cond=cond,
                 **{**options, **extra})

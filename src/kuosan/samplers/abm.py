@@ -100,6 +100,7 @@ def sample_eabm(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """Exponential Adams-Bashforth(`order`)-Moulton(`order` + 1) in u = sigma_data/sqrt(sigma_data^2 + s^2),
     one evaluation a step (see the module docstring): exact for N(mu, sigma_data^2 I) data at any order >= 2
@@ -115,10 +116,10 @@ def sample_eabm(
     if order not in (1, 2, 3, 4):
         raise ValueError(f"eabm order must be 1 to 4, got {order}")
     p, n = denoiser.process, len(ts) - 1
-    s = schedule(p, ts)
+    s = schedule(p, ts, cache)
     steps = memo(p, "eabm", (grid_key(ts), order, sigma_data),
-                 lambda: [_step_coefficients(s, i, order, sigma_data) for i in range(n)])
-    model = Model(denoiser, ts, x, kinds=("x0", "eps"), cond=cond)
+                 lambda: [_step_coefficients(s, i, order, sigma_data) for i in range(n)], cache)
+    model = Model(denoiser, ts, x, kinds=("x0", "eps"), cond=cond, cache=cache)
     clip = clip_x0 or (lambda v: v)
     m0, eps0 = model.x0_eps(x, 0)
     history = [clip(m0)]  # m_i, m_{i-1}, ... newest first

@@ -8,13 +8,14 @@ with x0 = x0_theta(x_t), the KL-optimal isotropic reverse variance is (eq. 7, wr
 
 lam^2 = beta-tilde gives Analytic-DDPM, lam^2 = eta^2 beta-tilde (eta = 0 by default) Analytic-DDIM.
 Gamma_t is estimated once by Monte-Carlo on data (`estimate_gamma`): a precomputation with its own network
-calls, outside the sampling budget `nfe`, and reusable for every grid (it is interpolated in log-SNR).
+calls, outside the sampling budget `nfe`, and reusable for every grid (it is interpolated in log-SNR). The
+caller holds the table and passes it as `gamma=`; nothing is cached here (`data=` re-estimates on every call),
+so a table estimated before the data or the network changed is the caller's to replace.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .common import Callback, Model, noise, report
+from .common import Callback, Model, SamplerCache, noise, report
 from .dpm_solver import posterior_coefficients
 
 __all__ = ["GammaTable", "estimate_gamma", "optimal_variance", "sample_analytic_ddpm", "sample_analytic_ddim"]
@@ -94,7 +95,16 @@ def optimal_variance(process, s: Tensor, t: Tensor, lam2: Tensor, gamma: Tensor)
 
 
 def _sample_analytic(
-    denoiser: Denoiser, x: Tensor, ts: Tensor, gamma: GammaTable, eta2: float | None, generator, callback, denoise, cond
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    gamma: GammaTable,
+    eta2: float | None,
+    generator,
+    callback,
+    denoise,
+    cond,
+    cache: SamplerCache | None,
 ) -> Tensor:
     """x_s = alpha_s x0 + sqrt(sigma_s^2 - lam^2) eps + sigma* z (the DDIM-family mean, the optimal variance)."""
     p, t64, n = denoiser.process, ts.to("cpu", torch.float64), len(ts) - 1
@@ -107,7 +117,7 @@ def _sample_analytic(
     std = optimal_variance(p, s, t, lam2, gamma.at(p, t)).sqrt().tolist()
     c_x0 = p.alpha(s).tolist()
     c_eps = torch.sqrt((p.sigma(s) ** 2 - lam2).clamp(min=0)).tolist()
-    model = Model(denoiser, ts, x, cond=cond)
+    model = Model(denoiser, ts, x, cond=cond, cache=cache)
     for i in range(n):
         x0, eps = model.x0_eps(x, i)
         x = c_x0[i] * x0 + c_eps[i] * eps + std[i] * noise(x, generator)
@@ -115,20 +125,14 @@ def _sample_analytic(
     return model.x0(x, n) if denoise else x
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def gamma_for(denoiser: Denoiser, gamma: GammaTable | None, data: Tensor | None, **kw: Any) -> GammaTable:
-    """The given table, or one estimated on `data` and cached per denoiser and data tensor."""
+def _gamma_table(denoiser: Denoiser, gamma: GammaTable | None, data: Tensor | None, generator) -> GammaTable:
+    """The caller's table; else one estimated afresh on `data` (every call: no cache); else an error saying how."""
     if gamma is not None:
         return gamma
     if data is None:
-        raise ValueError("Analytic-DPM needs Gamma_t: pass gamma=estimate_gamma(denoiser, data) or data=<x0 samples>")
-    per = _CACHE.setdefault(denoiser, {})
-    key = (data.data_ptr(), tuple(data.shape), repr(denoiser.process))
-    if key not in per:
-        per[key] = estimate_gamma(denoiser, data, **kw)
-    return per[key]
+        raise ValueError("Analytic-DPM needs its Gamma_t table: estimate it once with "
+                         "gamma = kuosan.samplers.estimate_gamma(denoiser, x0_data) and pass gamma=gamma")
+    return estimate_gamma(denoiser, data, generator=generator)
 
 
 @torch.no_grad()
@@ -143,11 +147,13 @@ def sample_analytic_ddpm(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache: SamplerCache | None = None,
 ) -> Tensor:
     """Analytic-DDPM (Bao et al. 2022, arXiv:2201.06503, eq. 7 with lam^2 = beta-tilde): the DDPM posterior mean
-    and the optimal variance sigma*^2 >= beta-tilde."""
-    table = gamma_for(denoiser, gamma, data, generator=generator)
-    return _sample_analytic(denoiser, x, ts, table, None, generator, callback, denoise, cond)
+    and the optimal variance sigma*^2 >= beta-tilde. gamma = estimate_gamma(denoiser, x0_data), estimated once by the
+    caller; data=x0_data instead re-estimates it on every call (its own network calls, outside the budget)."""
+    table = _gamma_table(denoiser, gamma, data, generator)
+    return _sample_analytic(denoiser, x, ts, table, None, generator, callback, denoise, cond, cache)
 
 
 @torch.no_grad()
@@ -163,8 +169,10 @@ def sample_analytic_ddim(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache: SamplerCache | None = None,
 ) -> Tensor:
     """Analytic-DDIM (Bao et al. 2022, arXiv:2201.06503, eq. 7 with lam^2 = eta^2 beta-tilde, eta = 0 by default):
-    the DDIM mean plus the optimal variance, which is small but not zero at eta = 0."""
-    table = gamma_for(denoiser, gamma, data, generator=generator)
-    return _sample_analytic(denoiser, x, ts, table, eta**2, generator, callback, denoise, cond)
+    the DDIM mean plus the optimal variance, which is small but not zero at eta = 0. gamma and data as in
+    sample_analytic_ddpm."""
+    table = _gamma_table(denoiser, gamma, data, generator)
+    return _sample_analytic(denoiser, x, ts, table, eta**2, generator, callback, denoise, cond, cache)

@@ -9,9 +9,8 @@ integrator reduces to x0 = D(x, t_min) (DPM-Solver++, arXiv:2211.01095, §3.3; E
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,7 +18,10 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..predictions import Coefficients, from_x0_eps, to_x0_eps
 
-__all__ = ["BudgetExceeded", "Callback", "Model", "Step", "Schedule", "noise", "schedule", "dynamic_threshold", "memo"]
+__all__ = ["BudgetExceeded", "Callback", "Model", "Step", "Schedule", "SamplerCache", "noise", "schedule",
+           "dynamic_threshold", "memo"]
+
+T = TypeVar("T")
 
 
 class Step(NamedTuple):
@@ -47,45 +49,61 @@ class Schedule(NamedTuple):
     lam: list[float]
 
 
-def per_process_cache(process, name: str) -> dict:
-    """A small dict cached on a process (grids and coefficients are pure functions of it); {} if it cannot hold one."""
-    try:
-        caches = _CACHES.setdefault(process, {})
-    except TypeError:  # an unhashable or non-weakref-able process: no caching
-        return {}
-    cache = caches.setdefault(name, {})
-    if len(cache) > 256:
-        cache.clear()
-    return cache
+class SamplerCache:
+    """Grids and grid coefficients of one process, held by the caller across sampling calls.
+
+        cache = SamplerCache(model.process)
+        for x_T in batches:
+            x0 = kuosan.sample(model, x_T, "dpmpp-2m", nfe=10, cache=cache)
+
+    Everything in it is a pure function of (process, grid, options), computed on first use; nothing is evicted
+    and nothing is shared with other callers. Without a cache every call recomputes (correct, slower per call).
+    A process changed in place needs a new cache.
+    """
+
+    def __init__(self, process) -> None:
+        self.process = process
+        self._store: dict[tuple[str, Hashable], Any] = {}
+
+    def get(self, process, name: str, key: Hashable, compute: Callable[[], T]) -> T:
+        """compute(), remembered under (name, key); process must be the cache's own."""
+        if process is not self.process:
+            raise ValueError(f"this SamplerCache belongs to {self.process!r}, not {process!r}: make one per process")
+        if (name, key) not in self._store:
+            self._store[name, key] = compute()
+        return self._store[name, key]
+
+    def __len__(self) -> int:
+        return len(self._store)
 
 
-_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def memo(process, name: str, key: tuple, compute: Callable[[], Any]) -> Any:
-    """compute(), remembered per process under (name, key): a grid's coefficients are computed once."""
-    cache = per_process_cache(process, name)
-    if key not in cache:
-        cache[key] = compute()
-    return cache[key]
+def memo(process, name: str, key: Hashable, compute: Callable[[], T], cache: SamplerCache | None = None) -> T:
+    """compute(), remembered in the caller's cache under (name, key) when there is one, else computed afresh."""
+    return compute() if cache is None else cache.get(process, name, key, compute)
 
 
 def grid_key(ts: Tensor) -> tuple[float, ...]:
     return tuple(ts.detach().to("cpu", torch.float64).tolist())
 
 
-def schedule(process, ts: Tensor) -> Schedule:
-    """alpha(t), sigma(t), lambda(t) of a time grid in float64, computed once per process and grid
-    (lambda = -inf where alpha = 0)."""
+def schedule(process, ts: Tensor, cache: SamplerCache | None = None) -> Schedule:
+    """alpha(t), sigma(t), lambda(t) of a time grid in float64 (lambda = -inf where alpha = 0)."""
     t64 = ts.detach().to("cpu", torch.float64)
     return memo(process, "schedule", grid_key(t64), lambda: Schedule(
-        t64, process.alpha(t64).tolist(), process.sigma(t64).tolist(), process.log_snr(t64).tolist()))
+        t64, process.alpha(t64).tolist(), process.sigma(t64).tolist(), process.log_snr(t64).tolist()), cache)
 
 
 def _derivatives(process, sch: Schedule) -> tuple[list[float], list[float]]:
     """alpha'(t), sigma'(t) on the grid (only velocity conversions need them)."""
-    return memo(process, "derivatives", grid_key(sch.t),
-                lambda: (process.dalpha_dt(sch.t).tolist(), process.dsigma_dt(sch.t).tolist()))
+    return process.dalpha_dt(sch.t).tolist(), process.dsigma_dt(sch.t).tolist()
+
+
+def _conversions(process, prediction: str, sch: Schedule, kinds: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
+    """kind -> per-time (cx, co) converting the network's prediction to kind (see _linear)."""
+    n = len(sch.alpha)
+    da, ds = _derivatives(process, sch) if "velocity" in (prediction, *kinds) else ([math.nan] * n, [math.nan] * n)
+    return {k: [_linear(prediction, k, Coefficients(sch.alpha[i], sch.sigma[i], da[i], ds[i])) for i in range(n)]
+            for k in kinds}
 
 
 def _linear(kind_in: str, kind_out: str, c: Coefficients) -> tuple[float, float]:
@@ -122,15 +140,14 @@ class Model:
         like: Tensor,
         kinds: Sequence[str] = ("x0", "eps"),
         cond: dict[str, Any] | None = None,
+        cache: SamplerCache | None = None,
     ):
         p, pred = denoiser.process, denoiser.prediction
-        sch = schedule(p, times)
-        n = len(sch.alpha)
-        da, ds = _derivatives(p, sch) if "velocity" in (pred, *kinds) else ([math.nan] * n, [math.nan] * n)
+        sch = schedule(p, times, cache)
         self.denoiser, self.cond, self.batch = denoiser, cond or {}, like.shape[0]
         self.t = sch.t.to(like.device)
-        self.coef = {k: [_linear(pred, k, Coefficients(sch.alpha[i], sch.sigma[i], da[i], ds[i])) for i in range(n)]
-                     for k in kinds}
+        self.coef = memo(p, "conversions", (grid_key(sch.t), pred, tuple(kinds)),
+                         lambda: _conversions(p, pred, sch, kinds), cache)
         self._times = sch.t
 
     def raw(self, x: Tensor, i: int) -> Tensor:

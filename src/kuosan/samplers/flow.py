@@ -29,10 +29,11 @@ def sample_flow_euler(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """Euler in t (rectified flow, arXiv:2209.03003, §2.1 sampling): x_{i+1} = x_i + (t_{i+1} - t_i) u(x_i, t_i)."""
     t, n = ts.to("cpu", torch.float64).tolist(), len(ts) - 1
-    model = Model(denoiser, ts, x, kinds=("velocity", "x0"), cond=cond)
+    model = Model(denoiser, ts, x, kinds=("velocity", "x0"), cond=cond, cache=cache)
     for i in range(n):
         x = torch.add(x, model.velocity(x, i), alpha=t[i + 1] - t[i])
         report(callback, i, ts[i + 1], x, None)
@@ -49,12 +50,13 @@ def sample_flow_midpoint(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """Explicit midpoint rule in t (second order, two evaluations a step):
     x_mid = x_i + dt/2 u(x_i, t_i),  x_{i+1} = x_i + dt u(x_mid, t_i + dt/2)."""
     t64, n = ts.to("cpu", torch.float64), len(ts) - 1
     times = torch.cat([t64, 0.5 * (t64[1:] + t64[:-1])])  # grid, then midpoints
-    model = Model(denoiser, times, x, kinds=("velocity", "x0"), cond=cond)
+    model = Model(denoiser, times, x, kinds=("velocity", "x0"), cond=cond, cache=cache)
     t = t64.tolist()
     for i in range(n):
         dt = t[i + 1] - t[i]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..processes.base import Process
-from .common import per_process_cache
+from .common import SamplerCache, memo
 
 __all__ = ["default_grid", "suits", "make_ts"]
 
@@ -36,32 +36,40 @@ def suits(process: Process, kind: str, t_start: float | None = None, t_end: floa
     return bool((lam[1:] - lam[:-1]).max() < 0.5 * (lam1 - lam0))
 
 
-def default_grid(process: Process, preferences: tuple[str, ...], t_start=None, t_end=None) -> str:
-    """The first preferred kind that suits the process, else the last preference (cached per process)."""
-    cache, key = per_process_cache(process, "default_grid"), (preferences, t_start, t_end)
-    if key not in cache:
-        cache[key] = next((k for k in preferences if suits(process, k, t_start, t_end)), preferences[-1])
-    return cache[key]
+def default_grid(
+    process: Process, preferences: tuple[str, ...], t_start=None, t_end=None, cache: SamplerCache | None = None
+) -> str:
+    """The first preferred kind that suits the process, else the last preference (kept in the caller's cache)."""
+    return memo(process, "default_grid", (preferences, t_start, t_end),
+                lambda: next((k for k in preferences if suits(process, k, t_start, t_end)), preferences[-1]), cache)
 
 
 def make_ts(
-    process: Process, grid: str | Tensor, n: int, *, t_start=None, t_end=None, rho: float = 7.0
+    process: Process,
+    grid: str | Tensor,
+    n: int,
+    *,
+    t_start=None,
+    t_end=None,
+    rho: float = 7.0,
+    cache: SamplerCache | None = None,
 ) -> tuple[Tensor, bool]:
     """A descending float64 grid of n steps (n + 1 times) and whether it ended at sigma = 0.
 
     A grid that ends where sigma = 0 (DiscreteVP's "leading"/"trailing", or an explicit grid ending at t = 0)
     loses that point: the last step to sigma = 0 is the final denoise, so the grid of a kind is drawn with one
-    more point to keep n steps."""
+    more point to keep n steps. A grid of a kind is kept in the caller's cache, if any (a copy is returned)."""
     if isinstance(grid, Tensor):
         ts = grid.detach().to("cpu", torch.float64).flatten()
         if ts.numel() < 2 or not (ts[1:] < ts[:-1]).all():
             raise ValueError(f"an explicit grid must be a 1-D descending tensor of at least 2 times, got {grid}")
         return _strip_zero(process, ts, None, n, t_start, t_end, rho)
-    cache, key = per_process_cache(process, "grid"), (grid, n, t_start, t_end, rho)
-    if key not in cache:
+
+    def draw() -> tuple[Tensor, bool]:
         ts = process.timesteps(n, grid, t_start=t_start, t_end=t_end, rho=rho)
-        cache[key] = _strip_zero(process, ts, grid, n, t_start, t_end, rho)
-    ts, ends_at_zero = cache[key]
+        return _strip_zero(process, ts, grid, n, t_start, t_end, rho)
+
+    ts, ends_at_zero = memo(process, "grid", (grid, n, t_start, t_end, rho), draw, cache)
     return ts.clone(), ends_at_zero
 
 

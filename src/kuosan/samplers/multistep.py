@@ -111,18 +111,19 @@ def _sample_multistep(
     callback: Callback | None,
     denoise: bool,
     cond: dict[str, Any] | None,
+    cache=None,
     eta: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """The multistep loop: one x0 evaluation per grid point; the last one is the final denoise.
     eta=None: the ODE solvers; a number: dpmpp_sde with that eta, fresh noise from `generator` every step."""
-    s, n = schedule(denoiser.process, ts), len(ts) - 1
+    s, n = schedule(denoiser.process, ts, cache), len(ts) - 1
     orders = multistep_orders(s, order, lower_order_final)
     if eta is None:
         steps = [(*_UPDATES[k](s, i), 0.0) for i, k in enumerate(orders)]
     else:
         steps = [dpmpp_sde(s, i, k, eta) for i, k in enumerate(orders)]
-    model = Model(denoiser, ts, x, kinds=("x0",), cond=cond)
+    model = Model(denoiser, ts, x, kinds=("x0",), cond=cond, cache=cache)
     clip = clip_x0 or (lambda v: v)
     history: list[Tensor] = []  # m_i, m_{i-1}, ... newest first
     for i, (a, b, c) in enumerate(steps):
@@ -154,9 +155,10 @@ def sample_dpmpp_2m(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Algorithm 2): second order, one evaluation a step."""
-    return _sample_multistep(denoiser, x, ts, 2, lower_order_final=lower_order_final, clip_x0=clip_x0,
+    return _sample_multistep(denoiser, x, ts, 2, cache=cache, lower_order_final=lower_order_final, clip_x0=clip_x0,
                              callback=callback, denoise=denoise, cond=cond)
 
 
@@ -172,10 +174,11 @@ def sample_dpmpp_3m(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022, arXiv:2211.01095, §3.3): third order, one evaluation a step, warmed up
     with orders 1 and 2 (the start, at high noise, is nearly linear in lambda: the warm-up costs no order)."""
-    return _sample_multistep(denoiser, x, ts, 3, lower_order_final=lower_order_final, clip_x0=clip_x0,
+    return _sample_multistep(denoiser, x, ts, 3, cache=cache, lower_order_final=lower_order_final, clip_x0=clip_x0,
                              callback=callback, denoise=denoise, cond=cond)
 
 
@@ -192,11 +195,12 @@ def sample_dpmpp_2m_sde(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095; `dpmpp_sde`): a stochastic multistep solver of
     the reverse SDE, second order in the drift, one evaluation a step. eta in [0, 1] (default 1, the reverse
     SDE) sets how much noise is re-injected; with eta = 1 and first-order steps it is DDPM ancestral sampling."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta} must lie in [0, 1] (0: probability-flow ODE, 1: reverse SDE)")
-    return _sample_multistep(denoiser, x, ts, 2, lower_order_final=lower_order_final, clip_x0=clip_x0,
+    return _sample_multistep(denoiser, x, ts, 2, cache=cache, lower_order_final=lower_order_final, clip_x0=clip_x0,
                              callback=callback, denoise=denoise, cond=cond, eta=eta, generator=generator)

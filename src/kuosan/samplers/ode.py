@@ -45,11 +45,12 @@ def sample_euler(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """Euler on dx~/ds = eps (EDM Algorithm 1 without the Heun correction): x~_{i+1} = x~_i + (s_{i+1} - s_i) eps_i,
     written as x_{i+1} = sigma_{i+1}/sigma_i x_i + (alpha_{i+1} - sigma_{i+1} alpha_i / sigma_i) x0_i (= DDIM)."""
-    sch, n = schedule(denoiser.process, ts), len(ts) - 1
-    model = Model(denoiser, ts, x, kinds=("x0",), cond=cond)
+    sch, n = schedule(denoiser.process, ts, cache), len(ts) - 1
+    model = Model(denoiser, ts, x, kinds=("x0",), cond=cond, cache=cache)
     for i in range(n):
         q = sch.sigma[i + 1] / sch.sigma[i]
         x0 = model.x0(x, i)
@@ -76,16 +77,17 @@ def sample_heun(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """Heun's second-order method on dx~/ds = eps (EDM Algorithm 1); steps with orders[i] = 1 are Euler.
     The last step to sigma = 0 of EDM is the final denoise."""
-    sch, n = schedule(denoiser.process, ts), len(ts) - 1
+    sch, n = schedule(denoiser.process, ts, cache), len(ts) - 1
     orders = list(orders) if orders is not None else [1 if i == 0 and sch.alpha[0] == 0 else 2 for i in range(n)]
     if len(orders) != n or not set(orders) <= {1, 2}:
         raise ValueError(f"need one order in (1, 2) per step: {n} steps, got orders={orders}")
     if sch.alpha[0] == 0 and orders[0] == 2:
         raise ValueError("a Heun step cannot start where alpha = 0 (s = sigma/alpha is infinite); make it Euler")
-    model = Model(denoiser, ts, x, kinds=("x0", "eps"), cond=cond)
+    model = Model(denoiser, ts, x, kinds=("x0", "eps"), cond=cond, cache=cache)
     for i, k in enumerate(orders):
         x0, eps = model.x0_eps(x, i)
         q = sch.sigma[i + 1] / sch.sigma[i]
@@ -118,6 +120,7 @@ def sample_heun_churn(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """EDM's stochastic sampler (Karras et al. 2022, arXiv:2206.00364, Algorithm 2) on x~ = x/alpha, s = sigma/alpha:
     raise the noise s_i -> s^_i = (1 + gamma_i) s_i by adding sqrt(s^_i^2 - s_i^2) S_noise z to x~, then one Heun
@@ -131,7 +134,7 @@ def sample_heun_churn(
     s_hat = s[:-1] * (1 + torch.tensor(gam, dtype=torch.float64))
     t_hat = torch.where(torch.tensor(gam) > 0, p.t_of_log_snr(-torch.log(s_hat)), t64[:-1])
     times = torch.cat([t64, t_hat])  # model times: the grid, then the raised times t^_i
-    model = Model(denoiser, times, x, kinds=("x0", "eps"), cond=cond)
+    model = Model(denoiser, times, x, kinds=("x0", "eps"), cond=cond, cache=cache)
     alpha, al_hat = p.alpha(t64).tolist(), p.alpha(t_hat).tolist()
     s, s_hat = s.tolist(), s_hat.tolist()
     for i in range(n):
@@ -159,6 +162,7 @@ def sample_rk45(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """Adaptive Runge-Kutta (Dormand-Prince 5(4), scipy.integrate.solve_ivp; Score SDE §4.3) on the PF-ODE in
     theta = atan(sigma/alpha): dy/dtheta = cos(theta) eps - sin(theta) x0 with y = x/sqrt(alpha^2 + sigma^2),

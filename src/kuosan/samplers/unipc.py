@@ -86,6 +86,7 @@ def sample_unipc(
     callback: Callback | None = None,
     denoise: bool = True,
     cond: dict[str, Any] | None = None,
+    cache=None,
 ) -> Tensor:
     """UniPC-p (Zhao et al. 2023, arXiv:2302.04867, Algorithms 1-3): UniP-p predictor and UniC-p corrector,
     order p + 1 at one evaluation a step (p = `order`, default 2: third order).
@@ -95,10 +96,10 @@ def sample_unipc(
     if order not in (1, 2, 3):
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
     p, n = denoiser.process, len(ts) - 1
-    s = schedule(p, ts)
+    s = schedule(p, ts, cache)
     steps = memo(p, "unipc", (grid_key(ts), order, lower_order_final), lambda: [
-        unipc_coefficients(s, i, k) for i, k in enumerate(multistep_orders(s, order, lower_order_final))])
-    model = Model(denoiser, ts, x, kinds=("x0",), cond=cond)
+        unipc_coefficients(s, i, k) for i, k in enumerate(multistep_orders(s, order, lower_order_final))], cache)
+    model = Model(denoiser, ts, x, kinds=("x0",), cond=cond, cache=cache)
     clip = clip_x0 or (lambda v: v)
     history = [clip(model.x0(x, 0))]  # m_i, m_{i-1}, ... newest first
     x_pred = x

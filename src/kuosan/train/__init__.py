@@ -1,49 +1,32 @@
-"""Training (book Algorithm 1 for every process x prediction x loss): the loop, EMA, checkpoints, DDP.
+"""Training (book Algorithm 1 for every process x prediction x loss): objectives, the loop, EMA, DDP.
 
-from kuosan.train import fit, train_from_config, load_model, load_checkpoint
+from kuosan.train import fit, train_from_config, DenoisingObjective
 """
 
-from .build import (
-    Dataset,
-    build_data,
-    build_denoiser,
-    build_loss,
-    build_network,
-    build_process,
-    load_model,
-    net_arguments,
-    train_from_config,
-)
-from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, optimizer_state, save_checkpoint
+from ..checkpoint import Checkpoint, CheckpointError, find_checkpoint, load_checkpoint, optimizer_state, save_checkpoint
+from .build import build_loss, build_objective, run_meta, train_from_config
 from .ema import EMA, ema_decay
-from .generate import generate
-from .images import save_grid, save_npz, save_samples, save_scatter
 from .loop import TrainingDiverged, TrainResult, fit, learning_rate
+from .objectives import DenoisingObjective, LossFn, Objective
 
 __all__ = [
     "EMA",
     "Checkpoint",
-    "Dataset",
+    "CheckpointError",
+    "DenoisingObjective",
+    "LossFn",
+    "Objective",
     "TrainResult",
     "TrainingDiverged",
-    "build_data",
-    "build_denoiser",
     "build_loss",
-    "build_network",
-    "build_process",
+    "build_objective",
     "ema_decay",
     "find_checkpoint",
     "fit",
-    "generate",
     "learning_rate",
     "load_checkpoint",
-    "load_model",
-    "net_arguments",
     "optimizer_state",
+    "run_meta",
     "save_checkpoint",
-    "save_grid",
-    "save_npz",
-    "save_samples",
-    "save_scatter",
     "train_from_config",
 ]

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..devices import pick_device
+
 __all__ = ["Dist", "setup", "teardown", "pick_device"]
 
 
@@ -46,16 +48,6 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """ "auto" = this process's GPU if there is one, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def setup(device: str = "auto") -> Dist:

@@ -1,6 +1,10 @@
 """The training loop (book Algorithm 1, generalised): AdamW, warm-up, clipping, EMA, bf16, DDP, exact resume.
 
-    result = fit(net, make_denoiser, data, loss_fn, cfg.train, run_dir, sample=cfg.sample, meta={"config": ...})
+    result = fit(objective, data, cfg.train, run_dir, sample=cfg.sample, meta={"config": ...})
+
+The loop knows nothing about diffusion: an objective (kuosan.train.objectives) owns the networks, draws
+its batch and computes the loss; the loop optimises its trainable parameters, keeps the EMA of its online
+network, updates its targets and checkpoints all of them.
 
 Step n (1-based) draws its batch and noise from generators seeded by (seed, n - 1, rank), so a run resumed
 from its checkpoint at step k repeats steps k+1, ... exactly as the uninterrupted run would have.
@@ -19,19 +23,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import find_checkpoint, load_checkpoint, optimizer_state, save_checkpoint
 from ..config import SampleConfig, TrainConfig
-from ..denoiser import Denoiser
-from .checkpoint import find_checkpoint, load_checkpoint, optimizer_state, save_checkpoint
+from ..pictures import save_samples
+from ..pipeline import generate
+from ..registry import Dataset
+from ..rng import batch_indices, seed_everything, step_generator
 from .distributed import Dist, setup, teardown
 from .ema import EMA
-from .generate import generate
-from .images import save_samples
 from .monitor import Monitor
-from .rng import batch_indices, seed_everything, step_generator
+from .objectives import Objective
 
 __all__ = ["fit", "TrainResult", "TrainingDiverged", "learning_rate"]
-
-LossFn = Callable[..., Tensor]  # loss_fn(denoiser, x0, generator=g, **cond) -> (B,) per-sample losses
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,22 +85,16 @@ class _StopFlag:
 class _Run:
     """The state of one training run on one process."""
 
-    def __init__(
-        self,
-        net: nn.Module,
-        make_denoiser: Callable[[nn.Module], Denoiser],
-        opts: TrainConfig,
-        run_dir: Path,
-        dist: Dist,
-        meta: dict[str, Any] | None,
-    ):
+    def __init__(self, objective: Objective, opts: TrainConfig, run_dir: Path, dist: Dist, meta: dict[str, Any] | None):
         self.opts, self.run_dir, self.dist, self.meta = opts, run_dir, dist, meta or {}
-        self.net = net.to(dist.device)
-        self.model = dist.wrap(self.net)
-        self.denoiser = make_denoiser(self.model)
-        self.make_denoiser = make_denoiser
+        self.obj = objective.to(dist.device)
+        self.net = objective.net
+        objective.bind(dist.wrap(self.net))
         self.ema = EMA(self.net, opts.ema_decay, opts.ema_warmup)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self.params = list(objective.parameters())
+        if not self.params:
+            raise ValueError(f"the {objective.kind} objective has no trainable parameters")
+        self.opt = torch.optim.AdamW(self.params, lr=opts.lr, weight_decay=opts.weight_decay)
         self.step = 0
         self.last_ckpt: Path | None = None
 
@@ -114,6 +111,7 @@ class _Run:
         self.net.load_state_dict(ckpt.weights)
         self.ema.module.load_state_dict(ckpt.ema if ckpt.ema is not None else ckpt.weights)
         self.ema.updates = int(ckpt.state.get("ema_updates", ckpt.step))
+        self.obj.load_module_states(ckpt.modules, ckpt.state.get("objective", {}))
         opt_sd = optimizer_state(ckpt)
         if opt_sd is not None:
             self.opt.load_state_dict(opt_sd)
@@ -133,7 +131,9 @@ class _Run:
                     "seed": self.opts.seed,
                     "ema_updates": self.ema.updates,
                     "world_size": self.dist.world,
+                    "objective": self.obj.state(),
                 },
+                modules=self.obj.module_states(),
                 keep=self.opts.keep,
             )
         self.dist.barrier()
@@ -151,23 +151,20 @@ class _Run:
             f"train.grad_clip, or train.bf16=false."
         )
 
-    def train_step(
-        self, data: Tensor, labels: Tensor | None, loss_fn: LossFn, stop: _StopFlag
-    ) -> tuple[float, float, bool]:
+    def train_step(self, data: Dataset, stop: _StopFlag) -> tuple[float, float, bool]:
         """One optimizer step (0-based index self.step); returns (global mean loss, grad norm, stop requested).
 
         A stop request is shared through the same all-reduce as the loss, so every process stops at the same
         step; the step that sees it makes no update."""
         o, d, n = self.opts, self.dist, self.step
-        idx = batch_indices(len(data), o.batch_size, n, o.seed).chunk(d.world)[d.rank]
-        x0 = data[idx].to(d.device, non_blocking=True)
-        cond = {} if labels is None else {"y": labels[idx].to(d.device)}
+        idx = batch_indices(len(data.x), o.batch_size, n, o.seed).chunk(d.world)[d.rank]
+        batch = self.obj.batch(data, idx, d.device)
         seed_everything(o.seed, n, d.rank)
         g = step_generator(o.seed, n, "noise", d.rank, d.device)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(o, n)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=o.bf16):
-            loss = loss_fn(self.denoiser, x0, generator=g, **cond).float().mean()
+            loss = self.obj.loss(batch, g).float().mean()
         flags = d.all_sum(torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=d.device)]))
         mean_loss, stop_now = (flags[0] / d.world).item(), bool(flags[1] > 0)
         if stop_now:  # Ctrl-C / SIGTERM on any process: leave the weights as they were after step n
@@ -176,55 +173,60 @@ class _Run:
             raise self._diverged("the loss", mean_loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(self.net.parameters(), o.grad_clip or math.inf))
+        grad_norm = float(nn.utils.clip_grad_norm_(self.params, o.grad_clip or math.inf))
         if not math.isfinite(grad_norm):
             raise self._diverged("the gradient norm", grad_norm)
         self.opt.step()
         self.ema.update(self.net)
+        self.obj.after_step()
         self.step = n + 1
         return mean_loss, grad_norm, stop_now
 
-    def preview(self, data: Tensor, sample: SampleConfig) -> Path | None:
+    def preview(self, data: Dataset, sample: SampleConfig) -> Path | None:
         """Save a PNG of EMA samples (a scatter plot over the data for 2-D points) at the current step."""
-        if not self.dist.main:
+        den = self.obj.denoiser(self.ema.module)
+        if not self.dist.main or den is None:
             return None
-        den = self.make_denoiser(self.ema.module)
+        if sample.clip_x0 != "none" and data.x.ndim == 4:
+            from ..pipeline import x0_clipper
+
+            den = den.replace(clip_x0=x0_clipper("clip" if sample.clip_x0 == "auto" else sample.clip_x0))
         g = torch.Generator(self.dist.device).manual_seed(sample.seed)
-        x = generate(
-            den, (sample.n, *data.shape[1:]), method=sample.method, nfe=sample.nfe, generator=g, device=self.dist.device
-        )
-        ref = data[:2000] if data.ndim == 2 else None
+        k = data.num_classes
+        cond = {"y": torch.arange(sample.n, device=self.dist.device) % k} if k else None
+        x = generate(den, (sample.n, *data.shape), method=sample.method, nfe=sample.nfe, generator=g,
+                     device=self.dist.device, cond=cond)
+        ref = data.x[:2000] if data.x.ndim == 2 else None
         title = f"{self.run_dir.name}: step {self.step}, {sample.method} ({sample.nfe} NFE)"
         return save_samples(x, self.run_dir / "samples" / f"step-{self.step:08d}.png", ref, title)
 
 
 def fit(
-    net: nn.Module,
-    make_denoiser: Callable[[nn.Module], Denoiser],
-    data: Tensor,
-    loss_fn: LossFn,
+    objective: Objective,
+    data: Dataset | Tensor,
     opts: TrainConfig,
     run_dir: str | Path,
     *,
-    labels: Tensor | None = None,
     sample: SampleConfig | None = None,
     meta: dict[str, Any] | None = None,
     resume: bool = False,
     callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train `net` (wrapped by make_denoiser into a Denoiser) on `data` (N, ...) for opts.steps steps.
+    """Optimise `objective` on `data` (a kuosan.registry.Dataset, or a plain (N, ...) tensor) for opts.steps steps.
 
     Checkpoints go to run_dir/checkpoints every opts.ckpt_every steps, at the end, and on Ctrl-C / SIGTERM;
     `resume` continues from the newest one. `meta` (e.g. the resolved run config) is stored in each checkpoint.
     `callback(step, loss)` runs after every step (tests use it to simulate a crash).
     """
     run_dir = Path(run_dir)
+    if isinstance(data, Tensor):
+        data = Dataset(data)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     dist = setup(opts.device)
     if opts.batch_size % dist.world:
         raise ValueError(f"train.batch_size={opts.batch_size} must be divisible by the {dist.world} processes")
-    run = _Run(net, make_denoiser, opts, run_dir, dist, meta)
+    run = _Run(objective, opts, run_dir, dist, meta)
     resumed = run.resume() if resume else False
     if not resume and (run_dir / "checkpoints" / "latest").exists():
         raise FileExistsError(
@@ -251,7 +253,7 @@ def fit(
     try:
         with _StopFlag() as stop:
             while run.step < opts.steps:
-                loss, grad_norm, stop_now = run.train_step(data, labels, loss_fn, stop)
+                loss, grad_norm, stop_now = run.train_step(data, stop)
                 if stop_now:  # seen by every process at this step's loss all-reduce: no update was made
                     result.interrupted = True
                     break

@@ -11,6 +11,26 @@ from typing import Any
 __all__ = ["Monitor"]
 
 
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop the records after `step` (written by a run killed after its last checkpoint and now resumed from it),
+    so metrics.jsonl holds each step once."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = [ln for ln in lines if _step_of(ln) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        tmp.replace(path)
+
+
+def _step_of(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", math.inf))
+    except (ValueError, AttributeError):
+        return math.inf  # a line cut off by the kill
+
+
 class Monitor:
     """Per-step bookkeeping on rank 0; a no-op elsewhere. Every `log_every` steps one metrics.jsonl line
     {"step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s"} is written (loss = mean over the window)."""
@@ -36,6 +56,7 @@ class Monitor:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_after(run_dir / "metrics.jsonl", start)
         self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if progress:
             from tqdm.auto import tqdm

@@ -1,4 +1,5 @@
-"""Pictures of samples: an image grid (PIL) for (N, C, H, W) data, a scatter plot (matplotlib) for 2-D points."""
+"""Pictures of samples for train previews, the CLI and eval: an image grid (PIL) for (N, C, H, W) data,
+a scatter plot (matplotlib) for 2-D points."""
 
 from __future__ import annotations
 
@@ -60,10 +61,12 @@ def save_scatter(x: Tensor, path: str | Path, reference: Tensor | None = None, t
     return save_figure(fig, path)
 
 
-def save_samples(x: Tensor, path: str | Path, reference: Tensor | None = None, title: str | None = None) -> Path:
-    """A grid for images (N, C, H, W), a scatter plot for 2-D points (N, 2)."""
+def save_samples(
+    x: Tensor, path: str | Path, reference: Tensor | None = None, title: str | None = None, nrow: int | None = None
+) -> Path:
+    """A grid for images (N, C, H, W) with nrow images per row, a scatter plot for 2-D points (N, 2)."""
     if x.ndim == 4:
-        return save_grid(x, path)
+        return save_grid(x, path, nrow)
     if x.ndim == 2 and x.shape[1] == 2:
         return save_scatter(x, path, reference, title)
     raise ValueError(f"cannot draw samples of shape {tuple(x.shape)}: need (N, C, H, W) images or (N, 2) points")

