@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -212,3 +213,31 @@ def test_runs_from_before_automatic_unet_groups_load_with_the_groups_they_were_t
     new = {**old, "net_defaults": {"groups": "auto"}}
     assert "groups" not in _net_kwargs(new)
     assert _net_kwargs({"net": {"kind": "mlp", "dim": 2}}) == {"kind": "mlp", "dim": 2}
+
+
+def test_grey_28x28_images_are_scored_with_the_shipped_mnist_features(tmp_path):
+    from kuosan.config import parse_config
+    from kuosan.eval.evaluate import build_reference
+    from kuosan.eval.features import mnist_features
+
+    cfg = parse_config({"data": {"kind": "mnist"}, "net": {"kind": "unet"}})
+    ref = build_reference(cfg, (1, 28, 28))
+    assert ref.features_name.startswith("MNIST classifier") and "98.8% held-out" in ref.features_name
+    assert len(ref.train) == 4500 and len(ref.heldout) == 500 and ref.note == ""
+    assert torch.equal(ref.embed(ref.heldout[:4]), mnist_features(ref.heldout[:4]))
+
+
+def test_clip_x0_settings_are_the_papers_rules():
+    from kuosan.pipeline import x0_clipper
+
+    x0 = torch.linspace(-3, 3, 2 * 1 * 4 * 100).reshape(2, 1, 4, 100)  # per sample 800 values in [-3, 3]
+    torch.testing.assert_close(x0_clipper("clip")(x0), x0.clamp(-1, 1))
+    s = torch.quantile(x0.reshape(2, -1).abs(), 0.995, dim=1).clamp(min=1)[:, None, None, None]
+    dynamic = x0_clipper("dynamic")(x0)
+    torch.testing.assert_close(dynamic, torch.maximum(torch.minimum(x0, s), -s) / s)  # Imagen: divide by s > 1
+    assert not torch.allclose(dynamic, x0.clamp(-1, 1)) and dynamic.abs().max() <= 1
+    inside = x0 / 3.5
+    torch.testing.assert_close(x0_clipper("dynamic")(inside), inside)  # s = 1 inside the range: unchanged
+    assert x0_clipper("none") is None and x0_clipper("auto", None) is None and x0_clipper("auto") is not None
+    with pytest.raises(ValueError, match="clip_x0 must be one of"):
+        x0_clipper("sometimes")

@@ -375,7 +375,7 @@ def _finished_step(run_dir: Path) -> int:
 def eval_(
     checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
     samplers: str = typer.Option(
-        "dpmpp-2m,ddim",
+        "dpmpp-2m-sde,dpmpp-2m",
         help="Comma-separated samplers (kuosan.samplers.available()), each optionally with options: "
         "unipc:grid=uniform, ddim:eta=1.0, dpmpp-2m:thresholding=true.",
     ),

@@ -12,6 +12,7 @@ adapters); it depends on the registry, samplers and checkpoints, nothing above t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,18 +54,25 @@ def _clip_unit(x0: Tensor) -> Tensor:
     return x0.clamp(-1.0, 1.0)
 
 
+def _dynamic_unit(x0: Tensor) -> Tensor:
+    """Dynamic thresholding as Imagen defines it (Saharia et al. 2022, arXiv:2205.11487, §2.3): per sample
+    s = max(1, 99.5th percentile of |x0|), x0 <- clip(x0, -s, s) / s. No upper bound on s: with diffusers'
+    default sample_max_value = 1 the rule is plain clipping."""
+    from .samplers.common import dynamic_threshold
+
+    return dynamic_threshold(x0, ratio=0.995, max_value=math.inf)
+
+
 def x0_clipper(kind: str, data_range: tuple[float, float] | None = (-1.0, 1.0)) -> Callable[[Tensor], Tensor] | None:
     """The x0 transform a `sample.clip_x0` setting names: "clip" (to [-1, 1]), "dynamic" (Saharia et al. 2022,
     arXiv:2205.11487, §2.3), "none"; "auto" is "clip" for data with a known range (images) and none otherwise."""
-    from .samplers.common import dynamic_threshold
-
     if kind not in CLIP_X0:
         raise ValueError(f"clip_x0 must be one of {', '.join(CLIP_X0)}; got {kind!r}")
     if kind == "auto":
         kind = "clip" if data_range is not None else "none"
     if kind != "none" and data_range != (-1.0, 1.0):
         raise ValueError(f"clip_x0={kind!r} needs data in [-1, 1]; this run's data has no known range")
-    return {"none": None, "clip": _clip_unit, "dynamic": dynamic_threshold}[kind]
+    return {"none": None, "clip": _clip_unit, "dynamic": _dynamic_unit}[kind]
 
 
 class Pipeline:

@@ -96,7 +96,7 @@ def _feature_map(data_cfg: Any, data_shape: tuple[int, ...], inception: str | Pa
         from .features import mnist_feature_info, mnist_features
 
         info = mnist_feature_info()
-        return (f"MNIST classifier, penultimate layer ({info['feature_dim']}-d, {info['accuracy']:.1%} held-out; "
+        return (f"MNIST classifier, penultimate layer ({info['feature_dim']}-d, {info['test_accuracy']:.1%} held-out; "
                 "meaningful for digit-like grey 28x28 images)", mnist_features)
     if len(data_shape) == 1:
         return "the points themselves", lambda x: x.reshape(len(x), -1).double()
