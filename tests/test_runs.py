@@ -241,3 +241,13 @@ def test_clip_x0_settings_are_the_papers_rules():
     assert x0_clipper("none") is None and x0_clipper("auto", None) is None and x0_clipper("auto") is not None
     with pytest.raises(ValueError, match="clip_x0 must be one of"):
         x0_clipper("sometimes")
+
+
+def test_previews_come_every_sample_every_steps_and_at_the_last(tmp_path):
+    cfg = toy_yaml(tmp_path, steps=5)
+    res = invoke("train", cfg, "--out", tmp_path / "a", "--set", "train.sample_every=2")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == [
+        "step-00000002.png", "step-00000004.png", "step-00000005.png"]
+    assert invoke("train", "--resume", "--out", tmp_path / "a").exit_code == 0  # nothing to do: no new picture
+    assert len(list((tmp_path / "a" / "samples").iterdir())) == 3

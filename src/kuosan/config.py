@@ -260,7 +260,7 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: torch's default (1 under torchrun)
     ckpt_every: int = Field(1000, ge=0)  # 0: only at the end (and on Ctrl-C / SIGTERM)
     keep: int = Field(2, ge=1)  # checkpoints kept on disk
-    sample_every: int = Field(0, ge=0)  # PNG sample grids every this many steps and at the end; 0: never
+    sample_every: int = Field(0, ge=0)  # PNG sample grids every this many steps and at the last; 0: none
     log_every: int = Field(50, ge=1)
     tensorboard: bool = True
     progress: bool = True

@@ -195,7 +195,8 @@ class Denoiser(nn.Module):
         if self.guidance is not None and self.learned_variance:
             raise ValueError("classifier-free guidance with a learned variance is not supported")
         self.nfe += 1
-        out = self._call(x, t, cond) if self.guidance is None else self._guided(x, t, cond)
+        # w = 1 is the conditional model exactly (lerp's end point): one branch, half the work
+        out = self._call(x, t, cond) if self.guidance in (None, 1.0) else self._guided(x, t, cond)
         if self.clip_x0 is None:
             return out
         if self.learned_variance:  # (B, 2C, ...): clip the prediction half, keep the variance half

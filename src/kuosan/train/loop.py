@@ -252,6 +252,7 @@ def fit(
         )
     try:
         with _StopFlag() as stop:
+            first_step = run.step
             while run.step < opts.steps:
                 loss, grad_norm, stop_now = run.train_step(data, stop)
                 if stop_now:  # seen by every process at this step's loss all-reduce: no update was made
@@ -267,6 +268,9 @@ def fit(
                     run.preview(data, sample)
             if run.last_ckpt is None or run.last_ckpt.name != f"step-{run.step:08d}":
                 run.save()
+            last_previewed = not opts.sample_every or run.step % opts.sample_every == 0 or run.step == first_step
+            if sample is not None and not last_previewed and not result.interrupted:
+                run.preview(data, sample)  # the final weights' picture too, whatever the period
             if result.interrupted:
                 mon.write(f"stopped at step {run.step}; checkpoint {run.last_ckpt}; continue with --resume")
     finally:
