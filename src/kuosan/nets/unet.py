@@ -79,7 +79,8 @@ def resolve_layout(
     unmatched = [r for r in attention_resolutions if r not in sides]
     where = f"this {image_size}x{image_size} U-Net; its levels are {', '.join(map(str, sides))}"
     if unmatched and len(unmatched) == len(attention_resolutions):
-        raise ValueError(f"attention_resolutions {list(attention_resolutions)} matches no level of {where}")
+        raise ValueError(f"attention_resolutions {list(attention_resolutions)} matches no level of {where}; "
+                         "give one of those sides, or None (null in YAML) for the automatic choice")
     if unmatched:
         warnings.warn(f"attention_resolutions {unmatched} match no level of {where}; they get no attention",
                       stacklevel=3)
