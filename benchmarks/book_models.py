@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
+import kuosan
 from kuosan.cli import resolve_recipe
 from kuosan.config import load_config
 from kuosan.eval.evaluate import build_reference, draw_samples, quality
 from kuosan.eval.report import machine_info
 from kuosan.eval.reporting import markdown_table
-from kuosan.train import find_checkpoint, load_model, train_from_config
+from kuosan.train import find_checkpoint, train_from_config
 
 RECIPES = ("digits-ddpm", "digits-ncsn", "digits-sde-vp", "digits-edm")
 MODEL_NAMES = {"digits-ddpm": "DDPM", "digits-ncsn": "NCSN", "digits-sde-vp": "Score SDE (VP)", "digits-edm": "EDM"}
@@ -51,8 +52,10 @@ def trained_run(recipe: str, runs: Path, steps: int | None, nfe: int | None, thr
 
 def measure(run_dir: Path, samplers: list[tuple[str | None, int | None]], n: int, nll_n: int, seed: int) -> list:
     """Rows of the table for one trained run: one per sampler, the held-out bits/dim on each."""
-    denoiser, cfg, ckpt = load_model(run_dir)
-    shape = (n, *ckpt.state["data_shape"])
+    pipe = kuosan.load(run_dir, device="cpu")
+    # x0 unclipped, as the table in docs/evaluation.md was measured (images now clip by default: sample.clip_x0)
+    denoiser, cfg, ckpt = pipe.model(clip_x0="none"), pipe.config, pipe.checkpoint
+    shape = (n, *pipe.data_shape)
     ref = build_reference(cfg, tuple(shape[1:]), seed=seed)
     bpd = None
     if nll_n:
@@ -122,8 +125,8 @@ def main() -> None:
         print(f"{recipe}: {how} from {run_dir}", flush=True)
         rows += measure(run_dir, samplers, args.n, args.nll_n if args.nll else 0, args.seed)
         if floor is None:
-            _, cfg, ckpt = load_model(run_dir)
-            ref = build_reference(cfg, tuple(ckpt.state["data_shape"]), seed=args.seed)
+            pipe = kuosan.load(run_dir, device="cpu")
+            ref = build_reference(pipe.config, pipe.data_shape, seed=args.seed)
             floor = quality(ref.heldout, ref)
     m = machine_info()
     print(f"\n{args.n} samples per row; features: shipped digits classifier; machine: {m['cpu_count']} CPUs, "
