@@ -100,7 +100,7 @@ def gmm8d() -> GaussianMixture:
     return mixture_8d()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models train fastest on one thread, and a shared CPU turns more into spin-waiting
     (use with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""

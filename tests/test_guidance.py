@@ -31,12 +31,7 @@ KINDS = ("eps", "x0", "v", "score", "velocity")
 WS = (0.0, 1.0, 3.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the oracle -------------------------------------------------------------------------------------------

@@ -12,14 +12,7 @@ from kuosan.nets import MLP, DiT, UNet, build_net, count_parameters
 from kuosan.nets.embeddings import FourierFeatures, SinusoidalFeatures
 from kuosan.nets.unet import Attention, auto_groups
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster, and immune to other processes loading the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_unet(**kw) -> UNet:

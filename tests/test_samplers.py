@@ -27,13 +27,7 @@ from kuosan.samplers.common import schedule
 from kuosan.samplers.grid import default_grid
 from kuosan.samplers.multistep import dpmpp_3m
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_for(process_id: str, prediction: str | None = None):

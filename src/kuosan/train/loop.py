@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..checkpoint import find_checkpoint, load_checkpoint, optimizer_state, save_checkpoint
 from ..config import SampleConfig, TrainConfig
 from ..pictures import save_samples
-from ..pipeline import generate
+from ..pipeline import generate, x0_clipper
 from ..registry import Dataset
 from ..rng import batch_indices, seed_everything, step_generator
 from .distributed import Dist, setup, teardown
@@ -187,10 +187,7 @@ class _Run:
         den = self.obj.denoiser(self.ema.module)
         if not self.dist.main or den is None:
             return None
-        if sample.clip_x0 != "none" and data.x.ndim == 4:
-            from ..pipeline import x0_clipper
-
-            den = den.replace(clip_x0=x0_clipper("clip" if sample.clip_x0 == "auto" else sample.clip_x0))
+        den = den.replace(clip_x0=x0_clipper(sample.clip_x0, data.value_range))  # as kuosan.load will sample
         g = torch.Generator(self.dist.device).manual_seed(sample.seed)
         k = data.num_classes
         cond = {"y": torch.arange(sample.n, device=self.dist.device) % k} if k else None
