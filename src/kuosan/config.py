@@ -169,6 +169,7 @@ class Toy2dData(_DataBase):
     kind: Literal["toy2d"] = "toy2d"
     name: str = "swiss_roll"
     n: int = Field(100_000, ge=1)
+    conditional: bool = False  # gmm only: pass each point's mixture component as its class y
 
     @field_validator("name")
     @classmethod
@@ -220,7 +221,7 @@ class ArrayData(_DataBase):
 
 DataConfig = _tagged_union(Toy2dData, DigitsData, FolderData, ArrayData, MnistData)
 _TAGS = {"discretevp", "vp", "subvp", "ve", "edm", "rectified_flow", "toy2d", "digits", "folder", "array", "mnist",
-         "denoising"}
+         "denoising", "classifier", "lora", "control"}
 
 
 # --- loss, training, sampling -----------------------------------------------------------------------
@@ -238,8 +239,9 @@ class ObjectiveConfig(_Strict):
     batches, the label replaced by the null class with probability p_uncond (Ho & Salimans 2022,
     arXiv:2207.12598, Alg. 1) so that classifier-free guidance works on conditional runs."""
 
-    kind: Literal["denoising"] = "denoising"
+    kind: Literal["denoising", "classifier", "lora", "control"] = "denoising"
     p_uncond: float = Field(0.1, ge=0, le=1)
+    # --- kind-specific fields below (each kind's own block; others ignore them) ---
 
 
 class TrainConfig(_Strict):
@@ -297,6 +299,7 @@ class RunConfig(_Strict):
     process: ProcessConfig = Field(default_factory=DiscreteVPConfig)
     net: NetConfig = Field(default_factory=NetConfig)
     data: DataConfig = Field(default_factory=Toy2dData)
+    base: Path | None = None  # adapter runs (objective lora / control): the run whose network they adapt, frozen
     loss: LossConfig = Field(default_factory=LossConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -211,8 +211,16 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "auto"
     dev = pick_device(device) if isinstance(device, str) else torch.device(device)
     ckpt = load_checkpoint(path, device=dev)
     cfg = load_config_of(ckpt)
+    if cfg.base is not None:  # an adapter run: the base run's network with this run's weights applied
+        return _load_adapted(ckpt, cfg, ema, dev)
     net = build_net(**_net_kwargs(ckpt.state))
     weights = ckpt.ema if ema and ckpt.ema is not None else ckpt.weights
     net.load_state_dict(weights)
     net.to(dev).eval().requires_grad_(False)
     return Pipeline(build_denoiser(cfg, net), cfg, ckpt, device=dev)
+
+
+def _load_adapted(ckpt: Checkpoint, cfg: RunConfig, ema: bool, dev: torch.device) -> Pipeline:
+    """A run that adapts a base run (cfg.base): one branch per objective kind (LoRA, control)."""
+    raise ValueError(f"{ckpt.path}: runs of objective kind {cfg.objective.kind!r} (base {cfg.base}) cannot be "
+                     "loaded by this kuosan")

@@ -111,6 +111,13 @@ def _load(cfg: DataConfig, seed: int) -> Dataset:
 
     if cfg.kind == "toy2d":
         g = torch.Generator().manual_seed(derive_seed(seed, 0, STREAMS["dataset"]))
+        if cfg.conditional:  # classes = the mixture's components, so guidance has an exact conditional
+            if cfg.name != "gmm":
+                raise ValueError(f"data.conditional=true needs data.name=gmm (classes are its components); "
+                                 f"{cfg.name!r} has no classes")
+            x, k = data.toy_gmm().sample(cfg.n, generator=g, return_labels=True)
+            names = tuple(f"component {i}" for i in range(len(data.toy_gmm().weights)))
+            return Dataset(x.to(torch.float32), k, len(names), class_names=names)
         return Dataset(torch.as_tensor(data.toy2d(cfg.name, cfg.n, generator=g), dtype=torch.float32))
     if cfg.kind in ("digits", "mnist"):  # a fixed split: held out = the test / heldout part
         digits = cfg.kind == "digits"
