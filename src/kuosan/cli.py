@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=2 -m kuosan train digits-ddpm
     kuosan sample runs/toy2d-ddpm --method dpmpp-2m --nfe 20 --n 1000
     kuosan info runs/toy2d-ddpm
+    kuosan edit runs/digits-ddpm --inpaint digits.npz --mask top-half   # or --img2img x.png --strength 0.6
     kuosan recipes
     kuosan demo                                             # = make demo
 
@@ -168,8 +169,11 @@ def train(
     if int(os.environ.get("RANK", "0")) == 0:
         verb = "interrupted at" if result.interrupted else "trained to"
         out.print(f"{verb} step {result.step}; checkpoint {result.checkpoint}")
-        out.print(f"sample it with: kuosan sample {cfg.run_dir}" + (f"; continue it with: kuosan train --resume --out "
-                                                                     f"{cfg.run_dir}" if result.interrupted else ""))
+        clf = cfg.objective.kind == "classifier"
+        use = f"guide a run with it: kuosan sample RUN --classifier {cfg.run_dir}" if clf else \
+            f"sample it with: kuosan sample {cfg.run_dir}"
+        more = f"; continue it with: kuosan train --resume --out {cfg.run_dir}" if result.interrupted else ""
+        out.print(use + more)
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -181,6 +185,45 @@ def resume(
 ) -> None:
     """Continue a stopped or finished run with its saved config (= kuosan train --resume --out RUN)."""
     train(None, set_, True, run, False)
+
+
+@app.command()
+def finetune(
+    base_run: Path = typer.Argument(..., help="The run to adapt (a run or checkpoint directory)."),
+    lora: int = typer.Option(..., "--lora", help="LoRA rank r (Hu et al. 2021): factors B (out x r) A (r x in)."),
+    alpha: float | None = typer.Option(None, "--alpha", help="LoRA alpha; the update is scaled by alpha / r "
+                                       "(default alpha = r)."),
+    targets: str | None = typer.Option(None, "--targets", help="Comma-separated layer names, e.g. qkv,proj "
+                                       "(default: the network's, see docs/finetune.md)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a key, e.g. --set data.classes=[3] "
+                                   "--set train.steps=500 (repeatable)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output directory (default runs/<base name>-lora<r>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the fine-tuning run in --out."),
+) -> None:
+    """Fine-tune a trained run with LoRA: only low-rank factors train; the run holds the adapter alone."""
+    try:
+        from .train import train_from_config
+        from .train.finetune import finetune_config, write_adapter
+
+        names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+        cfg = finetune_config(base_run, lora, alpha, names, set_, out_dir)
+        if resume and (cfg.run_dir / "config.yaml").is_file():  # the same settings, but train.steps and the like
+            from .config import config_dict
+
+            differ = sorted(_diff(config_dict(cfg), config_dict(load_config(cfg.run_dir / "config.yaml"))))
+            if differ:
+                raise ConfigError(f"{cfg.run_dir} was fine-tuned with other settings ({', '.join(differ[:6])}): "
+                                  "resume with the same --lora / --alpha / --targets / --set (or `kuosan resume "
+                                  f"{cfg.run_dir}`), or fine-tune into a new --out")
+        result = train_from_config(cfg, resume=resume, log=lambda s: out.print(s, markup=False, highlight=False))
+        adapter = write_adapter(cfg.run_dir)
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    verb = "interrupted at" if result.interrupted else "fine-tuned to"
+    out.print(f"{verb} step {result.step}; checkpoint {result.checkpoint}; adapter {adapter}")
+    out.print(f"sample it with: kuosan sample {cfg.run_dir}")
+    if result.interrupted:
+        raise typer.Exit(130)
 
 
 def _parse_classes(text: str | None, num_classes: int | None) -> list[int] | None:
@@ -208,6 +251,16 @@ def sample(
     classes: str | None = typer.Option(None, "--class", help="Class-conditional runs: 'all' (one row per class) or "
                                        "indices '3' / '3,5'; default: the classes in turn."),
     guidance: float | None = typer.Option(None, help="Classifier-free guidance scale w (1 = the conditional model)."),
+    guidance_interval: str | None = typer.Option(None, "--guidance-interval", help="Guide only at noise levels "
+                                                 "sigma/alpha in (LO, HI], e.g. 0.3,5 (arXiv:2404.07724)."),
+    guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale phi in [0, 1] "
+                                           "(arXiv:2305.08891; 0.7 is the paper's)."),
+    classifier: Path | None = typer.Option(None, "--classifier", help="Classifier guidance (arXiv:2105.05233) by this "
+                                           "classifier run, for any run; --class then names the classifier's classes."),
+    classifier_scale: float | None = typer.Option(None, "--classifier-scale", help="Classifier guidance scale s "
+                                                  "(default 1 with --classifier)."),
+    control: Path | None = typer.Option(None, "--control", help="ControlNet runs: condition images, .npy / .npz "
+                                        "(array 'control') or one PNG; --n defaults to their count (docs/control.md)."),
     clip_x0: str | None = typer.Option(None, "--clip-x0", help="x0 clipping: auto, none, clip, dynamic; "
                                        "default: the run's (auto: clip images to [-1, 1])."),
     out_path: Path | None = typer.Option(None, "--out", help="PNG path; the .npz goes beside it."),
@@ -219,41 +272,78 @@ def sample(
         if n is not None and n < 1:
             raise ValueError(f"--n must be at least 1; got {n}")
         png, npz, x = sample_run(checkpoint, method, nfe, seed, n, out_path, ema, device, classes=classes,
-                                 guidance=guidance, clip_x0=clip_x0)
+                                 guidance=guidance, clip_x0=clip_x0,
+                                 guidance_interval=parse_interval(guidance_interval),
+                                 guidance_rescale=guidance_rescale, classifier=classifier,
+                                 classifier_scale=classifier_scale, control=control)
     except _expected_errors() as err:
         raise _fail(err) from None
     out.print(f"wrote {png} and {npz} ({' x '.join(map(str, x.shape))} samples)")
 
 
+def parse_floats(text: str | None, flag: str) -> list[float] | None:
+    """'0,1,2.5' -> [0.0, 1.0, 2.5]."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated numbers like 0,1,3; got {text!r}") from None
+
+
+def parse_interval(text: str | None) -> tuple[float, float] | None:
+    """--guidance-interval LO,HI -> (LO, HI)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--guidance-interval takes two noise levels LO,HI like 0.3,5; got {text!r}") from None
+    return lo, hi
+
+
 def sample_run(checkpoint, method=None, nfe=None, seed=0, n=None, out_path=None, ema=True, device="auto", *,
-               classes=None, guidance=None, clip_x0=None, title=None):
+               classes=None, guidance=None, clip_x0=None, title=None, **guide):
     """Load a run, sample it and write the PNG (one row per class with `classes`) and .npz; returns
     (png, npz, samples)."""
     from .eval.evaluate import parse_sampler
     from .pictures import save_npz, save_samples
-    from .pipeline import load
+    from .pipeline import load, load_classifier
 
     pipe = load(checkpoint, ema=ema, device=device)
     spec = method or pipe.config.sample.method
     name, options = parse_sampler(spec)
     nfe = nfe or pipe.config.sample.nfe
-    wanted = _parse_classes(classes, pipe.num_classes)
+    clf = guide.get("classifier")  # classifier guidance: labels are the classifier's classes
+    if clf is not None:
+        guide["classifier"] = clf = load_classifier(clf, ema=ema, device=pipe.device)
+    k = None if clf is None else clf.num_classes
+    if guide.get("control") is not None:  # ControlNet: condition images from a file (kuosan.control)
+        from .control import read_control
+
+        guide["control"] = read_control(guide["control"], pipe)
+        n = n or (len(guide["control"]) if guide["control"].ndim == 4 and len(guide["control"]) > 1 else None)
+    wanted = _parse_classes(classes, pipe.num_classes if clf is None else k)
     if wanted is not None:  # n per class, class-major: one grid row per class
         per = n or 8
-        labels = pipe.labels(per * len(wanted), class_major(wanted, per))
+        labels = pipe.labels(per * len(wanted), class_major(wanted, per), k)
         x = pipe.generate(len(labels), name, nfe, labels=labels, guidance=guidance, seed=seed, clip_x0=clip_x0,
-                          **options)
+                          **guide, **options)
         nrow = per
     else:
         n = n or pipe.config.sample.n
-        labels = pipe.labels(n, None)
-        x = pipe.generate(n, name, nfe, guidance=guidance, seed=seed, clip_x0=clip_x0, **options)
+        labels = pipe.labels(n, None, k)
+        x = pipe.generate(n, name, nfe, guidance=guidance, seed=seed, clip_x0=clip_x0, **guide, **options)
         nrow = None
     stem = f"samples-{spec.replace(':', '_').replace('=', '')}-{nfe}" + ("" if guidance is None else f"-w{guidance:g}")
+    s = None if clf is None else (1.0 if guide.get("classifier_scale") is None else guide["classifier_scale"])
+    stem += "" if s is None else f"-cs{s:g}"
     png = Path(out_path) if out_path else pipe.run_dir / f"{stem}.png"
-    w = f", guidance {guidance:g}" if guidance is not None else ""
+    w = (f", guidance {guidance:g}" if guidance is not None else "") + ("" if s is None else f", classifier {s:g}")
     save_samples(x, png, title=title or f"{pipe.run_dir.name}: {spec}, {nfe} NFE{w}, step {pipe.step}", nrow=nrow)
     extra = {} if labels is None else {"labels": labels.cpu().numpy()}
+    if guide.get("control") is not None:
+        extra["control"] = guide["control"].cpu().numpy()
     npz = save_npz(x, png.with_suffix(".npz"), method=spec, nfe=nfe, seed=seed, step=pipe.step,
                    guidance=float("nan") if guidance is None else guidance, **extra)
     return png, npz, x
@@ -285,7 +375,8 @@ def info(checkpoint: Path = typer.Argument(..., help="A run directory or a check
     rows = [
         ("checkpoint", str(ckpt.path)),
         ("step", f"{ckpt.step} of {cfg.get('train', {}).get('steps', '?')}"),
-        ("objective", f"{obj['kind']}" + (f", p_uncond {cfg.get('objective', {}).get('p_uncond')}" if classes else "")
+        ("objective", f"{obj['kind']}" + (f", p_uncond {cfg.get('objective', {}).get('p_uncond')}"
+                                          if classes and obj["kind"] == "denoising" else "")
          + (f"; {targets}" if targets else "")),
         ("network", f"{st.get('net', {}).get('kind', '?')}, {n_params:,} parameters ({len(ckpt.weights)} tensors)"),
         (
@@ -305,6 +396,10 @@ def info(checkpoint: Path = typer.Argument(..., help="A run directory or a check
         ("optimizer", "saved" if st.get("optimizer") else "not saved"),
         ("files", ", ".join(f"{f.name} ({f.stat().st_size / 1e6:.2f} MB)" for f in sorted(ckpt.path.iterdir()))),
     ]
+    if "lora" in obj:  # a LoRA run: the adapter's settings and the base it adapts (network row = the factors)
+        lo, bs = obj["lora"], obj.get("base", {})
+        rows.insert(3, ("lora", f"rank {lo['rank']}, alpha {lo['alpha']:g}, {len(lo['layers'])} layers "
+                                f"({', '.join(lo['targets'])}); base {bs.get('path')} (step {bs.get('step')})"))
     for k, v in rows:
         out.print(f"{k + ':':<18}{v}", highlight=False, markup=False)
     out.print("config:")
@@ -362,6 +457,40 @@ def demo(
     out.print(f"samples: {png} (grid) and {npz} ({' x '.join(map(str, x.shape))} raw samples)")
 
 
+@app.command()
+def edit(
+    checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
+    img2img: Path | None = typer.Option(None, "--img2img", help="SDEdit these inputs: an image, a folder, .npy/.npz."),
+    inpaint: Path | None = typer.Option(None, "--inpaint", help="Inpaint these inputs: an image, a folder, .npy/.npz."),
+    strength: float = typer.Option(0.6, help="img2img: 0 = the input, 1 = a fresh sample (same seed as sample)."),
+    mask: str | None = typer.Option(None, help="inpaint: top-half|bottom-half|left-half|right-half (the half kept), "
+                                    "an image (white = known) or an .npy of 0/1 (1 = known)."),
+    method: str | None = typer.Option(None, help="Sampler spec (kuosan.samplers.available()); default: the run's."),
+    nfe: int | None = typer.Option(None, help="Network evaluations of a full pass; default: the run's."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+    resample: int = typer.Option(1, help="inpaint: RePaint resamplings r (1 = plain replacement)."),
+    jump: int = typer.Option(10, help="inpaint: RePaint jump length j (grid steps per chunk)."),
+    label: str | None = typer.Option(None, help="Class-conditional runs: a class index, or one per input: 3,5,..."),
+    guidance: float | None = typer.Option(None, help="Classifier-free guidance scale w (1 = the conditional model)."),
+    out_path: Path | None = typer.Option(None, "--out", help="PNG path; the .npz goes beside it."),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+) -> None:
+    """Edit images with a run: SDEdit (--img2img) or inpainting (--inpaint, --mask); writes a PNG grid
+    (input | mask | result per image) and an .npz (samples, inputs, mask)."""
+    from .edit_files import edit_run
+
+    try:
+        if (img2img is None) == (inpaint is None):
+            raise ValueError("give exactly one of --img2img INPUT or --inpaint INPUT")
+        labels = None if label is None else [int(k) for k in label.split(",") if k.strip()]
+        png, npz, x = edit_run(checkpoint, "img2img" if img2img else "inpaint", img2img or inpaint,
+                               strength=strength, mask=mask, method=method, nfe=nfe, seed=seed, out_path=out_path,
+                               labels=labels, guidance=guidance, resample=resample, jump=jump, device=device)
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    out.print(f"wrote {png} and {npz} ({' x '.join(map(str, x.shape))} results)")
+
+
 def _finished_step(run_dir: Path) -> int:
     from .train import find_checkpoint
 
@@ -391,6 +520,8 @@ def eval_(
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
     clip_x0: str | None = typer.Option(None, "--clip-x0", help="x0 clipping for every sampler: auto, none, clip, "
                                        "dynamic; default: the run's."),
+    guidance: str | None = typer.Option(None, help="Class-conditional runs: classifier-free guidance scales to "
+                                        "sweep, e.g. 0,1,2,3,5 (adds class accuracy and an FD-vs-accuracy plot)."),
 ) -> None:
     """Sample quality against NFE (FD, KID, precision/recall) per sampler against held-out data:
     report.md/json, plot, sample sheets."""
@@ -403,6 +534,7 @@ def eval_(
         nfes = {s.strip(): [int(k) for k in v.split(",") if k.strip()] for s, v in budgets.items()}
         run_eval(checkpoint, [s.strip() for s in samplers.split(",") if s.strip()], nfes, n, nll, out_dir,
                  nll_n=nll_n, inception=inception, seed=seed, ema=ema, device=device, clip_x0=clip_x0,
+                 guidance=parse_floats(guidance, "--guidance"),
                  log=lambda line: out.print(line, markup=False, highlight=False))
     except _expected_errors() as err:
         raise _fail(err) from None

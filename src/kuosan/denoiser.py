@@ -18,7 +18,24 @@ from torch import Tensor, nn
 from .predictions import Coefficients, check_prediction, from_x0_eps, to_x0_eps
 from .processes.base import Process, append_dims
 
-__all__ = ["Denoiser", "EDMPrecond"]
+__all__ = ["Denoiser", "EDMPrecond", "rescale_guidance", "in_guidance_interval"]
+
+
+def rescale_guidance(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
+    """Guidance rescale (Lin et al. 2023, arXiv:2305.08891, §3.4, eqs. 15-18): per sample,
+        x_rescaled = x_cfg * std(x_pos) / std(x_cfg),   x_final = phi x_rescaled + (1 - phi) x_cfg,
+    the standard deviations taken over every non-batch dimension; x_pos is the conditional output."""
+    dims = tuple(range(1, guided.ndim))
+    factor = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return torch.lerp(guided, guided * factor, phi)
+
+
+def in_guidance_interval(process: Process, t: Tensor, interval: tuple[float, float]) -> Tensor:
+    """(B,) bool: guidance applies at t (Kynkaanniemi et al. 2024, arXiv:2404.07724, eq. 5): the noise level in
+    EDM units, sigma/alpha = exp(-lambda(t)), lies in (sigma_lo, sigma_hi]; elsewhere the conditional model."""
+    lo, hi = interval
+    s = torch.exp(-process.log_snr(t))
+    return (s > lo) & (s <= hi)
 
 
 class EDMPrecond:
@@ -67,6 +84,12 @@ class Denoiser(nn.Module):
             a condition; one guided evaluation counts as one NFE (the two branches run as one batch).
         uncond: keyword arguments of the unconditional branch (same keys as the conditional ones); required
             with `guidance` (kuosan's nets use class index `num_classes` as the null class).
+        guidance_interval: (sigma_lo, sigma_hi) in EDM units sigma/alpha: guidance only where the noise level
+            lies in (sigma_lo, sigma_hi], the conditional model elsewhere (`in_guidance_interval`); outside the
+            interval one evaluation runs one branch.
+        guidance_rescale: phi in [0, 1] of `rescale_guidance`, applied to the guided v = alpha eps - sigma x0
+            (the paper's models predict v) whatever the network predicts, so the result does not depend on
+            the parameterisation.
         time_input: maps process time to what fn expects (e.g. lambda t: t * 1000 - 1 for diffusers indices).
         learned_variance: fn returns 2C channels along dim 1: the prediction, then the improved-DDPM variance
             interpolation v in [-1, 1]-ish units (Nichol & Dhariwal 2021, eq. 15); `forward` returns the
@@ -86,6 +109,8 @@ class Denoiser(nn.Module):
         sigma_data: float = 0.5,
         guidance: float | None = None,
         uncond: dict[str, Any] | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        guidance_rescale: float = 0.0,
         time_input: Callable[[Tensor], Tensor] | None = None,
         learned_variance: bool = False,
         clip_x0: Callable[[Tensor], Tensor] | None = None,
@@ -101,6 +126,11 @@ class Denoiser(nn.Module):
         if guidance is not None and not uncond:
             raise ValueError(f"guidance={guidance} needs `uncond`, the keyword arguments of the unconditional "
                              "branch (e.g. uncond={'y': torch.tensor(num_classes)})")
+        if guidance_interval is not None and not (0 <= guidance_interval[0] < guidance_interval[1]):
+            raise ValueError(f"guidance_interval must be (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi; "
+                             f"got {guidance_interval}")
+        if not 0 <= guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must lie in [0, 1]; got {guidance_rescale}")
         self.net = fn if isinstance(fn, nn.Module) else None
         self.fn = fn
         self.process = process
@@ -109,6 +139,8 @@ class Denoiser(nn.Module):
         self.sigma_data = sigma_data
         self.guidance = guidance
         self.uncond = uncond
+        self.guidance_interval = None if guidance_interval is None else tuple(map(float, guidance_interval))
+        self.guidance_rescale = float(guidance_rescale)
         self.time_input = time_input
         self.learned_variance = learned_variance
         self.clip_x0 = clip_x0
@@ -123,6 +155,8 @@ class Denoiser(nn.Module):
             "sigma_data": self.sigma_data,
             "guidance": self.guidance,
             "uncond": self.uncond,
+            "guidance_interval": self.guidance_interval,
+            "guidance_rescale": self.guidance_rescale,
             "time_input": self.time_input,
             "learned_variance": self.learned_variance,
             "clip_x0": self.clip_x0,
@@ -195,14 +229,21 @@ class Denoiser(nn.Module):
         if self.guidance is not None and self.learned_variance:
             raise ValueError("classifier-free guidance with a learned variance is not supported")
         self.nfe += 1
-        # w = 1 is the conditional model exactly (lerp's end point): one branch, half the work
-        out = self._call(x, t, cond) if self.guidance in (None, 1.0) else self._guided(x, t, cond)
+        out = self._call(x, t, cond) if self._one_branch(t) else self._guided(x, t, cond)
         if self.clip_x0 is None:
             return out
         if self.learned_variance:  # (B, 2C, ...): clip the prediction half, keep the variance half
             c = x.shape[1]
             return torch.cat([self._clipped(self.clip_x0, out[:, :c], x, t), out[:, c:]], dim=1)
         return self._clipped(self.clip_x0, out, x, t)
+
+    def _one_branch(self, t: Tensor) -> bool:
+        """No guidance, w = 1 (the conditional model exactly: lerp's end point), or every row outside the
+        guidance interval: the conditional branch alone, half the work."""
+        if self.guidance in (None, 1.0):
+            return True
+        return self.guidance_interval is not None and not in_guidance_interval(self.process, t,
+                                                                                self.guidance_interval).any()
 
     def _guided(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
         """Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6) on the raw outputs:
@@ -220,7 +261,23 @@ class Denoiser(nn.Module):
         b = x.shape[0]
         both = {k: torch.cat([cond[k], torch.as_tensor(uncond[k]).expand_as(cond[k]).to(cond[k])]) for k in cond}
         out = self._call(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, ...): conditional, then unconditional
-        return torch.lerp(out[b:], out[:b], self.guidance)
+        out_c = out[:b]
+        guided = torch.lerp(out[b:], out_c, self.guidance)
+        if self.guidance_rescale > 0:
+            guided = self._rescaled(guided, out_c, x, t)
+        if self.guidance_interval is not None:
+            inside = append_dims(in_guidance_interval(self.process, t, self.guidance_interval), x.ndim)
+            guided = torch.where(inside, guided, out_c)
+        return guided
+
+    def _rescaled(self, guided: Tensor, out_c: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """`rescale_guidance` on v, the result expressed again as self.prediction."""
+        if x[0].numel() < 2:
+            raise ValueError("guidance_rescale needs a standard deviation over at least two numbers per sample")
+        c = self._coefficients_for(x, t, "v")
+        v_g, v_c = (from_x0_eps("v", *to_x0_eps(self.prediction, o, x, c), x, c) for o in (guided, out_c))
+        return from_x0_eps(self.prediction, *to_x0_eps("v", rescale_guidance(v_g, v_c, self.guidance_rescale), x, c),
+                           x, c)
 
     def _clipped(self, clip: Callable[[Tensor], Tensor], out: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """The output `out` (of kind self.prediction) with its x0 replaced by clip(x0) and eps by the noise

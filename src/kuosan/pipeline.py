@@ -12,19 +12,24 @@ adapters); it depends on the registry, samplers and checkpoints, nothing above t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import RunConfig, parse_config
+from .control import control_images
 from .denoiser import Denoiser
 
-__all__ = ["Pipeline", "load", "generate", "x0_clipper", "CLIP_X0"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .guidance import NoisyClassifier
+
+__all__ = ["Pipeline", "load", "load_classifier", "generate", "x0_clipper", "CLIP_X0"]
 
 CLIP_X0 = ("auto", "none", "clip", "dynamic")
 
@@ -92,6 +97,9 @@ class Pipeline:
         self.data_shape: tuple[int, ...] = tuple(st["data_shape"])
         self.num_classes: int | None = st.get("num_classes")
         self.class_names: tuple[str, ...] = tuple(st.get("class_names") or ())
+        self.control_shape: tuple[int, ...] | None = None  # control runs: the condition image's (C, H, W)
+        self.control_kind: str | None = None
+        self.lora: Any = None  # LoRA runs: the kuosan.nets.lora.LoraAdapter (merge / unmerge / set_scale)
 
     @property
     def step(self) -> int:
@@ -107,35 +115,70 @@ class Pipeline:
         return (f"Pipeline({str(self.run_dir)!r}, step {self.step}, data {self.data_shape}{cls}, "
                 f"{self.config.process.kind} / {self.denoiser.prediction})")
 
-    def labels(self, n: int, labels: int | Sequence[int] | Tensor | None) -> Tensor | None:
+    def labels(self, n: int, labels: int | Sequence[int] | Tensor | None,
+               num_classes: int | None = None) -> Tensor | None:
         """(n,) labels: None -> the classes in turn (i mod K) for a conditional run; an int -> n copies;
-        a sequence -> repeated in turn. An unconditional run takes none."""
-        if self.num_classes is None:
+        a sequence -> repeated in turn. An unconditional run takes none, unless `num_classes` (a guiding
+        classifier's) gives the classes."""
+        k = self.num_classes if num_classes is None else num_classes
+        if k is None:
             if labels is not None:
-                raise ValueError(f"{self.run_dir} is an unconditional run: it takes no labels")
+                raise ValueError(f"{self.run_dir} is an unconditional run: it takes no labels (guide it with a "
+                                 "classifier to ask for classes)")
             return None
         if labels is None:
-            y = torch.arange(n) % self.num_classes
+            y = torch.arange(n) % k
         else:
             y = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
             if len(y) == 0:
                 raise ValueError("labels is empty")
             y = y.repeat((n + len(y) - 1) // len(y))[:n]
-        bad = y[(y < 0) | (y >= self.num_classes)]
+        bad = y[(y < 0) | (y >= k)]
         if len(bad):
-            raise ValueError(f"label {int(bad[0])} is not a class of this run (0 .. {self.num_classes - 1})")
+            raise ValueError(f"label {int(bad[0])} is not a class of this run (0 .. {k - 1})")
         return y.to(self.device)
 
-    def model(self, guidance: float | None = None, clip_x0: str | None = None) -> Denoiser:
-        """The Denoiser with classifier-free guidance w (w = 1: the conditional model) and the run's x0 clipping
-        (or `clip_x0`) applied."""
+    def model(
+        self,
+        guidance: float | None = None,
+        clip_x0: str | None = None,
+        *,
+        guidance_interval: tuple[float, float] | None = None,
+        guidance_rescale: float = 0.0,
+        classifier: NoisyClassifier | None = None,
+        classifier_scale: float = 1.0,
+        control: Tensor | None = None,
+    ) -> Denoiser:
+        """The Denoiser with classifier-free guidance w (w = 1: the conditional model; optionally only on an
+        interval of noise levels sigma/alpha, and rescaled: see Denoiser) and the run's x0 clipping (or
+        `clip_x0`) applied."""
         clip = x0_clipper(clip_x0 or self.config.sample.clip_x0, _range(self.config))
         changes: dict[str, Any] = {"clip_x0": clip}
+        if guidance is None and (guidance_interval is not None or guidance_rescale):
+            raise ValueError("guidance_interval / guidance_rescale modify classifier-free guidance: give a scale w too")
         if guidance is not None:
             if self.num_classes is None:
-                raise ValueError(f"guidance needs a class-conditional run; {self.run_dir} is unconditional")
-            changes.update(guidance=float(guidance), uncond={"y": torch.tensor(self.num_classes)})
+                raise ValueError(f"{self.run_dir} is an unconditional run: classifier-free guidance needs a run "
+                                 "trained with labels (e.g. recipe digits-cond); to guide this one, train a noise-"
+                                 "conditional classifier (kuosan train digits-classifier) and use classifier guidance")
+            null = {"y": torch.tensor(self.num_classes), **({} if control is None else {"control": control})}
+            changes.update(guidance=float(guidance), uncond=null,  # the uncond branch sees the same control image
+                           guidance_interval=guidance_interval, guidance_rescale=guidance_rescale)
+        if classifier is not None:  # classifier guidance on top, x0 clipped after it
+            return self._classifier_guided(self.denoiser.replace(**{**changes, "clip_x0": None}), classifier,
+                                           classifier_scale).replace(clip_x0=clip)
         return self.denoiser.replace(**changes)
+
+    def _classifier_guided(self, den: Denoiser, classifier: NoisyClassifier, scale: float) -> Denoiser:
+        """den guided by the noise-conditional classifier (kuosan.guidance.classifier_guided) at `scale`, after
+        checking that the classifier knows this run's data shape, process and classes."""
+        from .guidance import classifier_guided
+
+        classifier.check(self.denoiser.process, self.data_shape, f"run {self.run_dir}")
+        if self.num_classes not in (None, classifier.num_classes):
+            raise ValueError(f"classifier {classifier.name} has {classifier.num_classes} classes, run "
+                             f"{self.run_dir} {self.num_classes}: their labels do not match")
+        return classifier_guided(den, classifier.log_prob, scale, conditional=self.num_classes is not None)
 
     @torch.no_grad()
     def generate(
@@ -149,17 +192,31 @@ class Pipeline:
         grid: str | Tensor | None = None,
         *,
         clip_x0: str | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        guidance_rescale: float = 0.0,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        classifier: NoisyClassifier | str | Path | None = None,
+        classifier_scale: float | None = None,
+        control: Tensor | None = None,
         **options: Any,
     ) -> Tensor:
         """n samples in data space by `method` (default: the run's sample.method) with an `nfe` budget;
-        batches of batch_size share one generator seeded by `seed`; progress(k) after each batch of k."""
+        batches of batch_size share one generator seeded by `seed`; progress(k) after each batch of k.
+        `classifier` (kuosan.load_classifier's result or a classifier run's path) guides towards `labels`
+        (default: its classes in turn) at `classifier_scale` (default 1), on conditional and unconditional runs."""
         if n < 1:
             raise ValueError(f"n must be at least 1; got {n}")
         method, nfe = method or self.config.sample.method, nfe or self.config.sample.nfe
-        y = self.labels(n, labels)
-        den = self.model(guidance, clip_x0)
+        if classifier is None and classifier_scale is not None:
+            raise ValueError("classifier_scale needs a classifier (a classifier run or kuosan.load_classifier)")
+        if isinstance(classifier, (str, Path)):
+            classifier = load_classifier(classifier, device=self.device)
+        y = self.labels(n, labels, None if classifier is None else classifier.num_classes)
+        model = functools.partial(self.model, guidance, clip_x0, guidance_interval=guidance_interval,
+                                  guidance_rescale=guidance_rescale, classifier=classifier,
+                                  classifier_scale=1.0 if classifier_scale is None else classifier_scale)
+        den, ctl = model(), None if control is None else control_images(self, control, n)
         g = torch.Generator(self.device).manual_seed(seed)
         if grid is not None:
             options["grid"] = grid
@@ -167,10 +224,59 @@ class Pipeline:
         for i in range(0, n, b):
             k = min(b, n - i)
             cond = {"y": y[i : i + k]} if y is not None else None
+            if ctl is not None:  # ControlNet (kuosan.control): cond["control"], also in guidance's uncond branch
+                cond, den = {**(cond or {}), "control": ctl[i : i + k]}, model(control=ctl[i : i + k])
             out.append(generate(den, (k, *self.data_shape), method=method, nfe=nfe, generator=g, device=self.device,
                                 cond=cond, **options))
             if progress is not None:
                 progress(k)
+        return torch.cat(out)
+
+    def img2img(self, images: Tensor, strength: float, method: str | None = None, nfe: int | None = None,
+                seed: int = 0, labels: int | Sequence[int] | Tensor | None = None, guidance: float | None = None,
+                *, clip_x0: str | None = None, batch_size: int | None = None, **options: Any) -> Tensor:
+        """SDEdit (Meng et al. 2022, arXiv:2108.01073): images (N, *data_shape) in data space noised to the
+        time `strength` in [0, 1] names, then denoised with about strength * nfe evaluations (kuosan.edit.img2img);
+        strength 0 returns the images, strength 1 is `generate(N, ...)` with the same seed and batch_size."""
+        from .edit import img2img
+
+        return self._edit(lambda den, x, i, **kw: img2img(den, x, strength, **kw), images, method, nfe, seed,
+                          labels, guidance, clip_x0, batch_size, options)
+
+    def inpaint(self, images: Tensor, mask: Tensor, method: str | None = None, nfe: int | None = None,
+                seed: int = 0, resample: int = 1, jump: int = 10, labels: int | Sequence[int] | Tensor | None = None,
+                guidance: float | None = None, *, clip_x0: str | None = None, batch_size: int | None = None,
+                **options: Any) -> Tensor:
+        """Fill images (N, *data_shape) where mask = 0, keep them exactly where mask = 1; mask broadcasts to the
+        images ((H, W), (1, H, W), (N, 1, H, W), ...). resample > 1: RePaint with chunks of `jump` steps
+        (Lugmayr et al. 2022, arXiv:2201.09865); see kuosan.edit.inpaint."""
+        from .edit import inpaint, known_mask
+
+        known = known_mask(mask, torch.as_tensor(images))
+        return self._edit(lambda den, x, i, **kw: inpaint(den, x, known[i].to(x.device), resample=resample,
+                                                          jump=jump, **kw),
+                          images, method, nfe, seed, labels, guidance, clip_x0, batch_size, options)
+
+    @torch.no_grad()
+    def _edit(self, run: Callable[..., Tensor], images, method, nfe, seed, labels, guidance, clip_x0, batch_size,
+              options) -> Tensor:
+        """Check images against the run's data, then run(den, batch, slice, method=, nfe=, generator=, cond=)
+        in batches sharing one generator seeded by `seed`, as generate does."""
+        x = torch.as_tensor(images).to(self.device, torch.float32)
+        if tuple(x.shape[1:]) != self.data_shape or x.ndim != len(self.data_shape) + 1 or len(x) == 0:
+            raise ValueError(f"images of shape {tuple(x.shape)} do not match this run's data: need "
+                             f"(N, {', '.join(map(str, self.data_shape))})")
+        lo_hi = _range(self.config)
+        if lo_hi is not None and x.abs().max() > lo_hi[1] + 1e-3:
+            raise ValueError(f"images must lie in [{lo_hi[0]:g}, {lo_hi[1]:g}] (data space); found "
+                             f"{float(x.abs().max()):g}")
+        y, den = self.labels(len(x), labels), self.model(guidance, clip_x0)
+        g = torch.Generator(self.device).manual_seed(seed)
+        kw = {"method": method or self.config.sample.method, "nfe": nfe or self.config.sample.nfe, **options}
+        out, b = [], batch_size or len(x)
+        for i in range(0, len(x), b):
+            sl = slice(i, i + b)
+            out.append(run(den, x[sl], sl, generator=g, cond=None if y is None else {"y": y[sl]}, **kw))
         return torch.cat(out)
 
 
@@ -211,6 +317,9 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "auto"
     dev = pick_device(device) if isinstance(device, str) else torch.device(device)
     ckpt = load_checkpoint(path, device=dev)
     cfg = load_config_of(ckpt)
+    if cfg.objective.kind == "classifier":
+        raise ValueError(f"{ckpt.path} is a classifier run (objective kind 'classifier'): load it with "
+                         "kuosan.load_classifier, or guide a diffusion run with it (--classifier)")
     if cfg.base is not None:  # an adapter run: the base run's network with this run's weights applied
         return _load_adapted(ckpt, cfg, ema, dev)
     net = build_net(**_net_kwargs(ckpt.state))
@@ -222,5 +331,35 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "auto"
 
 def _load_adapted(ckpt: Checkpoint, cfg: RunConfig, ema: bool, dev: torch.device) -> Pipeline:
     """A run that adapts a base run (cfg.base): one branch per objective kind (LoRA, control)."""
+    if cfg.objective.kind == "control":  # ControlNet: base U-Net + trained branch (kuosan/control.py)
+        from .control import load_control
+
+        return load_control(ckpt, cfg, ema, dev)
+    if cfg.objective.kind == "lora":  # the base run's network with this run's LoRA factors (docs/finetune.md)
+        from .lora_pipeline import load_lora
+
+        return load_lora(ckpt, cfg, ema, dev)
     raise ValueError(f"{ckpt.path}: runs of objective kind {cfg.objective.kind!r} (base {cfg.base}) cannot be "
                      "loaded by this kuosan")
+
+
+def load_classifier(path: str | Path, ema: bool = True, device: str | torch.device = "auto") -> NoisyClassifier:
+    """The classifier run (objective kind "classifier") at `path` as a NoisyClassifier: `.log_prob(x_t, t, y)`,
+    `num_classes`, `data_shape`, `process` (Dhariwal & Nichol 2021, arXiv:2105.05233, §4)."""
+    from .devices import pick_device
+    from .guidance import NoisyClassifier
+    from .nets import build_net
+    from .registry import build_process
+
+    dev = pick_device(device) if isinstance(device, str) else torch.device(device)
+    ckpt = load_checkpoint(path, device=dev)
+    cfg = load_config_of(ckpt)
+    if cfg.objective.kind != "classifier":
+        raise ValueError(f"{ckpt.path} is not a classifier run (objective kind {cfg.objective.kind!r}); train one "
+                         "with `kuosan train digits-classifier` or objective.kind=classifier")
+    net = build_net(**_net_kwargs(ckpt.state))
+    net.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.weights)
+    net.to(dev).eval().requires_grad_(False)
+    st = ckpt.state
+    return NoisyClassifier(net, build_process(cfg.process), st["num_classes"], st["data_shape"],
+                           name=str(ckpt.path.parents[1]), class_names=st.get("class_names") or ())

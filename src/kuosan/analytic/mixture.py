@@ -108,6 +108,10 @@ class GaussianMixture:
         """log p_t(x) per sample (B,), float64; log p_0 = the data density when t is None."""
         return torch.logsumexp(self._parts(x, t, process)[2], dim=-1)
 
+    def responsibilities(self, x: Tensor, t: Tensor | float | None = None, process: Process | None = None) -> Tensor:
+        """p(k | x_t = x) per sample and component (B, K), float64 (Bayes' rule with the noised components)."""
+        return torch.softmax(self._parts(x, t, process)[2], dim=-1)
+
     def score(self, x: Tensor, t: Tensor | float | None = None, process: Process | None = None) -> Tensor:
         """grad_x log p_t(x), exact, shaped and typed like x."""
         y, c, log_wn, _ = self._parts(x, t, process)

@@ -73,6 +73,8 @@ class Reference:
     train_features: Tensor  # embed(train)
     note: str = ""
     levels: int | None = None  # grey levels of discrete data in [-1, 1] (17 for the digits); None: continuous
+    classify: Callable[[Tensor], Tensor] | None = None  # samples -> the run's class indices (N,), where known
+    classifier_name: str = ""
 
 
 def subsample(x: Tensor, n: int, seed: int = 0) -> Tensor:
@@ -127,14 +129,41 @@ def _real_data(data_cfg: Any, seed: int) -> tuple[Tensor, Tensor, str]:
 
 
 def build_reference(
-    cfg: Any, data_shape: tuple[int, ...], inception: str | Path | None = None, seed: int = 0
+    cfg: Any, data_shape: tuple[int, ...], inception: str | Path | None = None, seed: int = 0,
+    class_names: tuple[str, ...] = (),
 ) -> Reference:
-    """The training data, held-out data and feature map for a run config (kuosan.config.RunConfig)."""
+    """The training data, held-out data and feature map for a run config (kuosan.config.RunConfig); for a
+    class-conditional run (class_names) also the judge of which class a sample shows, where kuosan has one."""
     train, heldout, note = _real_data(cfg.data, seed)
     name, embed = _feature_map(cfg.data, data_shape, inception)
     kind = "points" if len(data_shape) == 1 else "images"
     levels = None if kind == "points" else 17 if cfg.data.kind == "digits" and cfg.data.size == 8 else 256
-    return Reference(kind, name, train, heldout, embed, embed(train).double(), note, levels)
+    judge = class_judge(cfg.data, data_shape, class_names) if class_names else None
+    classify, judge_name = judge if judge is not None else (None, "")
+    return Reference(kind, name, train, heldout, embed, embed(train).double(), note, levels, classify, judge_name)
+
+
+def class_judge(data_cfg: Any, data_shape: tuple[int, ...], class_names: tuple[str, ...]
+                ) -> tuple[Callable[[Tensor], Tensor], str] | None:
+    """(samples -> class indices of the run, what judges) for class-conditional runs kuosan can judge: digits
+    (8x8, 28x28: the shipped classifiers; a folder's classes by their names "0".."9") and the conditional toy
+    mixture (the exact posterior argmax_k p(k | x) of its components); None otherwise."""
+    if data_cfg.kind == "toy2d":
+        from ..data import toy_gmm
+
+        gm = toy_gmm()
+        return (lambda x: gm.responsibilities(x.double()).argmax(1),
+                "the exact posterior of the mixture's components (argmax_k p(k | x))")
+    digit_names = all(n in tuple(map(str, range(10))) for n in class_names)
+    if tuple(data_shape) not in ((1, 8, 8), (1, 28, 28)) or not digit_names:
+        return None
+    from .features import classify
+
+    index = {int(n): i for i, n in enumerate(class_names)}
+    lookup = torch.tensor([index.get(d, -1) for d in range(10)])  # digit -> the run's class index (-1: none)
+    size = data_shape[-1]
+    return (lambda x: lookup[classify(x)[0]],
+            f"the shipped {'digits (8x8)' if size == 8 else 'MNIST (28x28)'} classifier")
 
 
 def nearest_train_distance(x: Tensor, train: Tensor, chunk: int = 1024) -> Tensor:

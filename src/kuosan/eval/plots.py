@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..pictures import save_figure
 
-__all__ = ["plot_metric_vs_nfe", "plot_sample_sheet"]
+__all__ = ["plot_metric_vs_nfe", "plot_sample_sheet", "plot_fd_vs_accuracy"]
 
 
 def _pyplot():
@@ -49,6 +49,31 @@ def plot_metric_vs_nfe(
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("NFE (network evaluations)")
     ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_fd_vs_accuracy(results: list[dict], path: str | Path, floor: float | None = None, title: str = "") -> Path:
+    """The guidance trade-off (Ho & Salimans 2022, arXiv:2207.12598, Fig. 2): FD (log y) against class accuracy,
+    one line per sampler and NFE through the guidance scales, each point labelled with its w."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=100)
+    rows = [r for r in results if r.get("accuracy") is not None and r.get("guidance") is not None]
+    for key in dict.fromkeys((r["method"], r["nfe"]) for r in rows):
+        line = sorted((r for r in rows if (r["method"], r["nfe"]) == key), key=lambda r: r["guidance"])
+        acc, fd = [r["accuracy"] for r in line], [r["fd"] for r in line]
+        ax.plot(acc, fd, "o-", ms=4, label=f"{key[0]}, {key[1]} NFE")
+        for r in line:
+            ax.annotate(f"w={r['guidance']:g}", (r["accuracy"], r["fd"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    if floor is not None:
+        ax.axhline(floor, color="0.4", ls="--", lw=1, label="held-out real data")
+    ax.set_yscale("log")
+    ax.set_xlabel("class accuracy (samples judged to be the requested class)")
+    ax.set_ylabel("Frechet distance")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if title:

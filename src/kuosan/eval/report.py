@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .evaluate import Reference, build_reference, draw_samples, parse_sampler, quality
-from .plots import plot_metric_vs_nfe, plot_sample_sheet
+from .plots import plot_fd_vs_accuracy, plot_metric_vs_nfe, plot_sample_sheet
 from .reporting import write_markdown
 
 __all__ = ["run_eval", "evaluate", "machine_info"]
@@ -69,10 +69,21 @@ def _save(path: Path, x: torch.Tensor, seed: int, tag: str | None, timing: dict[
     os.replace(tmp, path)
 
 
-def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, tag: str | None = None) -> tuple:
-    """Every (sampler, NFE): samples (saved to out/samples/<sampler>-<nfe>.npz, and taken from there when a
-    run with the same n, seed and checkpoint `tag` saved them: a killed eval resumes), their quality and
-    timing; skipped combinations with the reason. draw_kw: seed, batch_size, device, num_classes."""
+def accuracy(x: torch.Tensor, ref: Reference, num_classes: int | None) -> float | None:
+    """The fraction of samples ref.classify judges to be of the class they were drawn for (y = i mod K, as
+    draw_samples labels them); None where kuosan cannot judge this data."""
+    if ref.classify is None or not num_classes:
+        return None
+    y = torch.arange(len(x)) % num_classes
+    return float((ref.classify(x).cpu() == y).double().mean())
+
+
+def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, tag: str | None = None,
+           w: float | None = None) -> tuple:
+    """Every (sampler, NFE): samples (saved to out/samples/<sampler>-<nfe>[-w<w>].npz, and taken from there when
+    a run with the same n, seed and checkpoint `tag` saved them: a killed eval resumes), their quality, class
+    accuracy and timing; skipped combinations with the reason. draw_kw: seed, batch_size, device, num_classes.
+    w: the classifier-free guidance scale of `denoiser` (None: no guidance), recorded in each row."""
     from ..samplers import available
 
     results, skipped, sheets = [], [], {}
@@ -82,7 +93,8 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, 
             skipped.append({"sampler": sampler, "nfe": None, "reason": "not a kuosan sampler"})
             continue
         for nfe in nfes.get(sampler, nfes.get("*", ())) if isinstance(nfes, Mapping) else nfes:
-            path = out / "samples" / f"{file_stem(sampler)}-{nfe}.npz"
+            suffix = "" if w is None else f"-w{w:g}"
+            path = out / "samples" / f"{file_stem(sampler)}-{nfe}{suffix}.npz"
             saved = _saved(path, shape[0], draw_kw["seed"], tag)
             try:
                 x, timing = saved or draw_samples(denoiser, shape, sampler, nfe, **draw_kw)
@@ -95,12 +107,15 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, 
                 continue
             if saved is None:
                 _save(path, x, draw_kw["seed"], tag, timing)
-            row = {"sampler": sampler, "nfe": nfe, **timing, **quality(x, ref), "reused": saved is not None}
+            row = {"sampler": sampler if w is None else f"{sampler} w={w:g}", "method": sampler, "guidance": w,
+                   "nfe": nfe, **timing, **quality(x, ref), "accuracy": accuracy(x, ref, draw_kw["num_classes"]),
+                   "reused": saved is not None}
             results.append(row)
-            sheets.setdefault(sampler, {})[nfe] = x[:16]
+            sheets.setdefault(row["sampler"], {})[nfe] = x[:16]
             note = " (saved samples)" if saved is not None else ""
-            log(f"  {sampler:>14s} NFE {nfe:5d}: FD {row['fd']:.3f}  P {row['precision']:.2f}  "
-                f"R {row['recall']:.2f}  {row['seconds_per_1000']:.1f} s/1000{note}")
+            acc = "" if row["accuracy"] is None else f"  acc {row['accuracy']:.3f}"
+            log(f"  {row['sampler']:>14s} NFE {nfe:5d}: FD {row['fd']:.3f}  P {row['precision']:.2f}  "
+                f"R {row['recall']:.2f}{acc}  {row['seconds_per_1000']:.1f} s/1000{note}")
     return results, skipped, sheets
 
 
@@ -121,10 +136,13 @@ def evaluate(
     nll_n: int | None = None,
     device: torch.device | str = "cpu",
     num_classes: int | None = None,
+    guided: Mapping[float, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score `denoiser` against `ref` for every sampler and NFE, write report.md/json and figures into `out`.
-    nfes: one list for every sampler, or {sampler: list} ("*": the list of samplers not named)."""
+    nfes: one list for every sampler, or {sampler: list} ("*": the list of samplers not named).
+    guided: {w: the model under classifier-free guidance w} to score instead of `denoiser`, one set of rows per
+    w, plus the trade-off of FD against class accuracy (Ho & Salimans 2022, arXiv:2207.12598, Fig. 2)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     floor = quality(ref.heldout, ref)
@@ -134,7 +152,15 @@ def evaluate(
     tag = None  # None: never reuse saved samples
     if "checkpoint" in meta:
         tag = f"{meta['checkpoint']} ema={meta.get('ema')} clip_x0={meta.get('clip_x0', 'none')}"
-    results, skipped, sheets = _sweep(denoiser, (n, *data_shape), list(samplers), nfes, ref, out, draw_kw, log, tag)
+    results, skipped, sheets = [], [], {}
+    for w, model in (guided.items() if guided else [(None, denoiser)]):
+        if w is not None:
+            log(f"guidance w = {w:g}")
+        tag_w = None if tag is None else f"{tag} w={w}"
+        res, skip, sheet = _sweep(model, (n, *data_shape), list(samplers), nfes, ref, out, draw_kw, log, tag_w, w)
+        results += res
+        skipped += [{**s, "guidance": w} for s in skip]
+        sheets.update(sheet)
     report: dict[str, Any] = {
         "recipe": name, **meta, "n": n, "seed": seed, "features": ref.features_name,
         "reference": f"{len(ref.train)} training samples", "heldout": len(ref.heldout), "note": ref.note,
@@ -143,6 +169,10 @@ def evaluate(
     if results:
         report["plot"] = plot_metric_vs_nfe(results, out / "fd_vs_nfe.png", floor=floor["fd"],
                                             title=f"{name}, {n} samples").name
+    if guided and any(r["accuracy"] is not None for r in results):
+        report["judge"] = ref.classifier_name
+        report["tradeoff_plot"] = plot_fd_vs_accuracy(results, out / "fd_vs_accuracy.png", floor=floor["fd"],
+                                                      title=f"{name}, {n} samples").name
     report["sheets"] = {
         s: plot_sample_sheet(sheet, out / f"samples-{file_stem(s)}.png", title=f"{name}: {s}, rows = NFE").name
         for s, sheet in sheets.items()
@@ -177,20 +207,23 @@ def run_eval(
     ema: bool = True,
     device: str = "auto",
     clip_x0: str | None = None,
+    guidance: Sequence[float] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """`kuosan eval`: load a trained run and `evaluate` it into <run>/eval (or `out`); returns the report dict.
-    clip_x0: the x0 clipping of every sampler ("auto", "none", "clip", "dynamic"; default: the run's)."""
+    clip_x0: the x0 clipping of every sampler ("auto", "none", "clip", "dynamic"; default: the run's).
+    guidance: classifier-free guidance scales to sweep (class-conditional runs; 0 = unconditional, 1 = conditional)."""
     from ..pipeline import load
 
     pipe = load(checkpoint, ema=ema, device=device)
     denoiser, cfg, ckpt, dev = pipe.model(clip_x0=clip_x0), pipe.config, pipe.checkpoint, pipe.device
     data_shape = pipe.data_shape
-    ref = build_reference(cfg, data_shape, inception=inception, seed=seed)
+    ref = build_reference(cfg, data_shape, inception=inception, seed=seed, class_names=pipe.class_names)
     clip = clip_x0 or cfg.sample.clip_x0
     meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "ema": ema, "clip_x0": clip,
             "process": cfg.process.model_dump(mode="json")}
+    guided = None if guidance is None else {float(w): pipe.model(w, clip_x0) for w in guidance}
     return evaluate(denoiser, ref, data_shape, out if out is not None else ckpt.path.parents[1] / "eval",
                     samplers, nfes, n, nll, name=f"{pipe.run_dir.name} (step {ckpt.step})", meta=meta, seed=seed,
                     batch_size=batch_size, nll_n=nll_n, device=dev, num_classes=ckpt.state.get("num_classes"),
-                    log=log)
+                    guided=guided, log=log)

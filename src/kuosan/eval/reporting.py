@@ -98,6 +98,18 @@ def _nll_section(nll: dict[str, Any]) -> list[str]:
     return lines + ([f"DDPM bound not computed: {nll['vlb_note']}", ""] if "vlb_note" in nll else [])
 
 
+def _guidance_section(report: dict[str, Any]) -> list[str]:
+    """The guidance sweep: per sampler, NFE and w, class accuracy beside FD, precision and recall."""
+    ordered = sorted(report["results"], key=lambda r: (r["method"], r["nfe"], r["guidance"]))
+    rows = [[r["method"], r["nfe"], f"{r['guidance']:g}", _fmt(r["accuracy"], 3), _fmt(r["fd"]),
+             _fmt(r["precision"], 2), _fmt(r["recall"], 2)] for r in ordered]
+    return ["## Classifier-free guidance", "", f"Class accuracy: the fraction of samples that {report['judge']} "
+            "judges to be the class they were drawn for (classes in turn). w = 0: the unconditional model, "
+            "w = 1: the conditional model.", "",
+            markdown_table(["sampler", "NFE", "w", "accuracy", "FD", "precision", "recall"], rows), "",
+            f"![FD vs accuracy]({report['tradeoff_plot']})", ""]
+
+
 def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
     """report.md: what was measured, the headline checks, the FD table, the full table, the likelihood."""
     m = report["machine"]
@@ -127,6 +139,8 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
                   "over bootstrap resamples of the generated set (its share of FD's noise). KID: mean ± std over "
                   "subsets, in feature units. NN ratio: median distance from a sample to its nearest training sample "
                   "over the same for held-out data (well below 1: copying).", "", _full_table(report), ""]
+    if report.get("tradeoff_plot"):
+        lines += _guidance_section(report)
     if report["skipped"]:
         lines += ["## Skipped", ""] + [f"- {s['sampler']} at NFE {s['nfe']}: {s['reason']}" for s in report["skipped"]]
         lines += [""]
