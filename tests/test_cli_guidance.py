@@ -69,3 +69,18 @@ def test_eval_guidance_sweep_writes_accuracy_rows(runs, tmp_path):
     assert all(0 <= r["accuracy"] <= 1 for r in report["results"])
     assert (tmp_path / "ev" / "fd_vs_accuracy.png").exists()
     assert "acc" in res.output
+
+
+def test_the_runs_guidance_interval_is_the_default(runs):
+    """sample.guidance_interval applies whenever the run is guided and no interval is given; None guides everywhere;
+    unguided sampling ignores it."""
+    import kuosan
+
+    pipe = kuosan.load(runs[0], device="cpu")
+    assert pipe.model(2.0).guidance_interval is None  # the toy recipe sets none
+    pipe.config = pipe.config.model_copy(
+        update={"sample": pipe.config.sample.model_copy(update={"guidance_interval": (0.1, 5.0)})})
+    assert pipe.model(2.0).guidance_interval == (0.1, 5.0)
+    assert pipe.model(2.0, guidance_interval=None).guidance_interval is None
+    assert pipe.model(2.0, guidance_interval=(0.5, 1.0)).guidance_interval == (0.5, 1.0)
+    assert pipe.model(None).guidance is None and pipe.model(None).guidance_interval is None

@@ -16,6 +16,8 @@ FORBIDDEN = {
                   "eval", "cli"},
     "predictions": {"denoiser", "losses", "samplers", "likelihood", "registry", "pipeline", "train", "eval", "cli"},
     "denoiser": {"losses", "samplers", "likelihood", "registry", "pipeline", "train", "eval", "cli"},
+    "guidance": {"losses", "samplers", "likelihood", "nets", "data", "registry", "checkpoint", "pipeline", "train",
+                 "eval", "cli"},  # classifier guidance: denoiser, processes, predictions only
     "losses": {"registry", "pipeline", "train", "eval", "cli"},
     "samplers": {"registry", "pipeline", "train", "eval", "cli"},
     "likelihood": {"registry", "pipeline", "train", "eval", "cli"},
@@ -25,6 +27,9 @@ FORBIDDEN = {
     "checkpoint": {"registry", "pipeline", "train", "eval", "cli"},
     "registry": {"pipeline", "train", "eval", "cli"},
     "pipeline": {"train", "eval", "cli"},
+    "control": {"train", "eval", "cli"},  # ControlNet runs as pipelines (beside pipeline.py)
+    "edit": {"train", "eval", "cli"},  # pipeline layer: Pipeline.img2img / inpaint delegate to it
+    "edit_files": {"train", "cli"},  # the edit command's files (layer 6, beside cli)
     "eval": {"train", "cli"},
     "train": {"eval", "cli"},
 }

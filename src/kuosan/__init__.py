@@ -14,18 +14,23 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _SUBPACKAGES = ("analytic", "predictions", "processes", "losses", "samplers", "likelihood", "nets", "data",
-                "registry", "pipeline", "train", "eval")
-_NAMES = {"Denoiser": "denoiser", "sample": "samplers", "load": "pipeline", "Pipeline": "pipeline"}
+                "registry", "pipeline", "train", "eval", "guidance", "control", "export")
+_NAMES = {"Denoiser": "denoiser", "sample": "samplers", "load": "pipeline", "Pipeline": "pipeline",
+          "load_classifier": "pipeline", "from_diffusers": "export"}
 __all__ = [
     "Denoiser", "sample", "load", "Pipeline", "analytic", "predictions", "processes", "losses", "samplers",
-    "likelihood", "nets", "data", "registry", "pipeline", "train", "eval", "__version__",
+    "likelihood", "nets", "data", "registry", "pipeline", "train", "eval", "__version__", "load_classifier", "guidance",
+    "control", "export", "from_diffusers",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import (
         analytic,
+        control,
         data,
         eval,
+        export,
+        guidance,
         likelihood,
         losses,
         nets,
@@ -37,7 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
         train,
     )
     from .denoiser import Denoiser
-    from .pipeline import Pipeline, load
+    from .export import from_diffusers
+    from .pipeline import Pipeline, load, load_classifier
     from .samplers import sample
 
 

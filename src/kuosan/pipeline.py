@@ -4,6 +4,7 @@ train/ (the CLI, eval, and later serving and export) loads a run.
     pipe = kuosan.load("runs/digits-ddpm")                      # run or checkpoint dir; EMA weights by default
     x = pipe.generate(64, method="dpmpp-2m", nfe=20, seed=0)    # (64, 1, 8, 8) in data space
     x = pipe.generate(10, labels=7, guidance=3.0)               # class-conditional runs: classifier-free guidance
+    x = pipe.img2img(images, 0.6); x = pipe.inpaint(images, mask)  # SDEdit; inpainting, mask 1 = known (kuosan.edit)
     pipe.denoiser, pipe.config, pipe.checkpoint
 
 The pipeline holds the Denoiser (and, as later parts land, an autoencoder between data and denoiser and
@@ -143,7 +144,7 @@ class Pipeline:
         guidance: float | None = None,
         clip_x0: str | None = None,
         *,
-        guidance_interval: tuple[float, float] | None = None,
+        guidance_interval: tuple[float, float] | None | str = "run",
         guidance_rescale: float = 0.0,
         classifier: NoisyClassifier | None = None,
         classifier_scale: float = 1.0,
@@ -151,9 +152,13 @@ class Pipeline:
     ) -> Denoiser:
         """The Denoiser with classifier-free guidance w (w = 1: the conditional model; optionally only on an
         interval of noise levels sigma/alpha, and rescaled: see Denoiser) and the run's x0 clipping (or
-        `clip_x0`) applied."""
+        `clip_x0`) applied. guidance_interval "run": the run's sample.guidance_interval; None: guide everywhere."""
         clip = x0_clipper(clip_x0 or self.config.sample.clip_x0, _range(self.config))
         changes: dict[str, Any] = {"clip_x0": clip}
+        if isinstance(guidance_interval, str):
+            if guidance_interval != "run":
+                raise ValueError(f"guidance_interval: (lo, hi), None or 'run'; got {guidance_interval!r}")
+            guidance_interval = self.config.sample.guidance_interval if guidance is not None else None
         if guidance is None and (guidance_interval is not None or guidance_rescale):
             raise ValueError("guidance_interval / guidance_rescale modify classifier-free guidance: give a scale w too")
         if guidance is not None:
@@ -192,7 +197,7 @@ class Pipeline:
         grid: str | Tensor | None = None,
         *,
         clip_x0: str | None = None,
-        guidance_interval: tuple[float, float] | None = None,
+        guidance_interval: tuple[float, float] | None | str = "run",
         guidance_rescale: float = 0.0,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
@@ -252,24 +257,29 @@ class Pipeline:
         (Lugmayr et al. 2022, arXiv:2201.09865); see kuosan.edit.inpaint."""
         from .edit import inpaint, known_mask
 
-        known = known_mask(mask, torch.as_tensor(images))
+        known = known_mask(mask, self._images(images))
         return self._edit(lambda den, x, i, **kw: inpaint(den, x, known[i].to(x.device), resample=resample,
                                                           jump=jump, **kw),
                           images, method, nfe, seed, labels, guidance, clip_x0, batch_size, options)
 
-    @torch.no_grad()
-    def _edit(self, run: Callable[..., Tensor], images, method, nfe, seed, labels, guidance, clip_x0, batch_size,
-              options) -> Tensor:
-        """Check images against the run's data, then run(den, batch, slice, method=, nfe=, generator=, cond=)
-        in batches sharing one generator seeded by `seed`, as generate does."""
+    def _images(self, images: Tensor) -> Tensor:
+        """images as float32 on the pipeline's device, checked against the run's data shape and range."""
         x = torch.as_tensor(images).to(self.device, torch.float32)
-        if tuple(x.shape[1:]) != self.data_shape or x.ndim != len(self.data_shape) + 1 or len(x) == 0:
+        if tuple(x.shape[1:]) != self.data_shape or len(x) == 0:
             raise ValueError(f"images of shape {tuple(x.shape)} do not match this run's data: need "
                              f"(N, {', '.join(map(str, self.data_shape))})")
         lo_hi = _range(self.config)
         if lo_hi is not None and x.abs().max() > lo_hi[1] + 1e-3:
             raise ValueError(f"images must lie in [{lo_hi[0]:g}, {lo_hi[1]:g}] (data space); found "
                              f"{float(x.abs().max()):g}")
+        return x
+
+    @torch.no_grad()
+    def _edit(self, run: Callable[..., Tensor], images, method, nfe, seed, labels, guidance, clip_x0, batch_size,
+              options) -> Tensor:
+        """run(den, batch, slice, method=, nfe=, generator=, cond=) on the checked images in batches sharing one
+        generator seeded by `seed`, as generate does."""
+        x = self._images(images)
         y, den = self.labels(len(x), labels), self.model(guidance, clip_x0)
         g = torch.Generator(self.device).manual_seed(seed)
         kw = {"method": method or self.config.sample.method, "nfe": nfe or self.config.sample.nfe, **options}

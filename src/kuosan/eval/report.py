@@ -84,13 +84,13 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, 
     a run with the same n, seed and checkpoint `tag` saved them: a killed eval resumes), their quality, class
     accuracy and timing; skipped combinations with the reason. draw_kw: seed, batch_size, device, num_classes.
     w: the classifier-free guidance scale of `denoiser` (None: no guidance), recorded in each row."""
-    from ..samplers import available
-
     results, skipped, sheets = [], [], {}
     (out / "samples").mkdir(exist_ok=True)
     for sampler in samplers:
-        if parse_sampler(sampler)[0] not in available():
-            skipped.append({"sampler": sampler, "nfe": None, "reason": "not a kuosan sampler"})
+        try:
+            parse_sampler(sampler)
+        except ValueError as err:  # not a kuosan method, nor another tool's name with a kuosan equivalent
+            skipped.append({"sampler": sampler, "nfe": None, "reason": str(err)})
             continue
         for nfe in nfes.get(sampler, nfes.get("*", ())) if isinstance(nfes, Mapping) else nfes:
             suffix = "" if w is None else f"-w{w:g}"
@@ -223,6 +223,9 @@ def run_eval(
     meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "ema": ema, "clip_x0": clip,
             "process": cfg.process.model_dump(mode="json")}
     guided = None if guidance is None else {float(w): pipe.model(w, clip_x0) for w in guidance}
+    if guided:
+        iv = cfg.sample.guidance_interval
+        meta["guidance_interval"] = None if iv is None else list(iv)
     return evaluate(denoiser, ref, data_shape, out if out is not None else ckpt.path.parents[1] / "eval",
                     samplers, nfes, n, nll, name=f"{pipe.run_dir.name} (step {ckpt.step})", meta=meta, seed=seed,
                     batch_size=batch_size, nll_n=nll_n, device=dev, num_classes=ckpt.state.get("num_classes"),

@@ -98,6 +98,12 @@ def _nll_section(nll: dict[str, Any]) -> list[str]:
     return lines + ([f"DDPM bound not computed: {nll['vlb_note']}", ""] if "vlb_note" in nll else [])
 
 
+def _interval_note(report: dict[str, Any]) -> str:
+    iv = report.get("guidance_interval")
+    return "" if iv is None else (f" Guidance acts only at noise levels sigma/alpha in ({iv[0]:g}, {iv[1]:g}] (the "
+                                  "run's sample.guidance_interval; arXiv:2404.07724), the conditional model elsewhere.")
+
+
 def _guidance_section(report: dict[str, Any]) -> list[str]:
     """The guidance sweep: per sampler, NFE and w, class accuracy beside FD, precision and recall."""
     ordered = sorted(report["results"], key=lambda r: (r["method"], r["nfe"], r["guidance"]))
@@ -105,7 +111,7 @@ def _guidance_section(report: dict[str, Any]) -> list[str]:
              _fmt(r["precision"], 2), _fmt(r["recall"], 2)] for r in ordered]
     return ["## Classifier-free guidance", "", f"Class accuracy: the fraction of samples that {report['judge']} "
             "judges to be the class they were drawn for (classes in turn). w = 0: the unconditional model, "
-            "w = 1: the conditional model.", "",
+            "w = 1: the conditional model." + _interval_note(report), "",
             markdown_table(["sampler", "NFE", "w", "accuracy", "FD", "precision", "recall"], rows), "",
             f"![FD vs accuracy]({report['tradeoff_plot']})", ""]
 

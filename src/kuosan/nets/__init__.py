@@ -4,6 +4,7 @@ t is a (batch,) tensor of continuous process times in any float dtype; y optiona
 label `num_classes` is the null class of classifier-free guidance. No diffusion math lives here.
 """
 
+from .classifier import Classifier
 from .dit import DiT
 from .embeddings import TIME_EMBEDDINGS, ClassEmbedding, FourierFeatures, SinusoidalFeatures, TimeEmbedding
 from .mlp import MLP
@@ -11,6 +12,7 @@ from .registry import NETS, build_net, count_parameters
 from .unet import UNet
 
 __all__ = [
+    "Classifier",
     "DiT",
     "MLP",
     "NETS",

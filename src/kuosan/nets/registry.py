@@ -6,13 +6,14 @@ import inspect
 
 from torch import nn
 
+from .classifier import Classifier
 from .dit import DiT
 from .mlp import MLP
 from .unet import UNet
 
 __all__ = ["NETS", "build_net", "count_parameters"]
 
-NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT}
+NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT, "classifier": Classifier}
 
 
 def build_net(kind: str, **kwargs) -> nn.Module:

@@ -108,6 +108,19 @@ def zero_(module: nn.Module) -> nn.Module:
     return module
 
 
+def encode(h: Tensor, emb: Tensor, down: nn.ModuleList, mid: nn.ModuleList) -> tuple[Tensor, list[Tensor]]:
+    """The down path and the middle block from the input conv's output h: (middle output, the skips in push
+    order: h, then each stage's output). Shared by the U-Net and its ControlNet copy (nets/control.py)."""
+    hs = [h]
+    for stage in down:
+        for layer in stage:
+            h = layer(h, emb)
+        hs.append(h)
+    for layer in mid:
+        h = layer(h, emb)
+    return h, hs
+
+
 class ResBlock(nn.Module):
     """GN-SiLU-conv, + projection of emb, GN-SiLU-dropout-conv (zero-init), + skip (1x1 conv if widths differ)."""
 
@@ -274,23 +287,28 @@ class UNet(nn.Module):
         if groups is not None:
             warn_single_channel_groups(self, groups)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, control: list[Tensor] | None = None) -> Tensor:
+        """control: ControlNet residuals (nets/control.py), one per skip in push order then the middle's, added to
+        the skips and the middle output; None leaves the forward pass untouched."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet takes x of shape (batch, {self.in_channels}, H, W); got {tuple(x.shape)}")
         if x.shape[-1] % 2 ** (self.levels - 1) or x.shape[-2] % 2 ** (self.levels - 1):
             raise ValueError(f"H and W must divide by 2^{self.levels - 1} ({self.levels} levels); got {tuple(x.shape)}")
         emb = F.silu(embed(t, y, x, self.time, self.label))  # (B, 4 * base)
-        h = self.conv_in(x)
-        hs = [h]
-        for stage in self.down:
-            for layer in stage:
-                h = layer(h, emb)
-            hs.append(h)
-        for layer in self.mid:
-            h = layer(h, emb)
+        h, hs = encode(self.conv_in(x), emb, self.down, self.mid)
+        if control is not None:
+            h, hs = self._add_control(h, hs, control)
         for stage in self.up:
             if not isinstance(stage[0], Upsample):
                 h = torch.cat([h, hs.pop()], dim=1)
             for layer in stage:
                 h = layer(h, emb)
         return self.conv_out(self.out(h))
+
+    def _add_control(self, h: Tensor, hs: list[Tensor], control: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """(middle + control[-1], [skip_i + control[i]]): ControlNet's residuals (Zhang et al. 2023,
+        arXiv:2302.05543, eq. 2), checked against the skips' shapes."""
+        want = [tuple(s.shape) for s in (*hs, h)]
+        if [tuple(c.shape) for c in control] != want:
+            raise ValueError(f"control residuals must have shapes {want}; got {[tuple(c.shape) for c in control]}")
+        return h + control[-1], [s + c for s, c in zip(hs, control[:-1], strict=True)]

@@ -10,7 +10,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .base import Process
 
-__all__ = ["GRID_KINDS", "make_grid"]
+__all__ = ["GRID_KINDS", "make_grid", "grid_time"]
 
 GRID_KINDS = ("uniform", "logsnr", "karras", "quadratic")
 
@@ -71,3 +71,15 @@ def make_grid(
     t = _GRIDS[kind](proc, u, float(t0), float(t1), rho)
     t[0], t[-1] = t0, t1  # exact end points (t0 + (t1 - t0) * 1 need not round to t1)
     return t.to(dtype)
+
+
+def grid_time(proc: Process, u: float, kind: str, t0: float, t1: float, *, rho: float = 7.0) -> float:
+    """The time a fraction u in [0, 1] of the way from t0 to t1 along a grid of this kind (its own parameter:
+    t, lambda, sigma^(1/rho) or sqrt(t)); u = i/n gives make_grid's t_i, u = 0 and 1 give t0 and t1 exactly."""
+    if kind not in _GRIDS:
+        raise ValueError(f"unknown time grid {kind!r}; choose one of {sorted(_GRIDS)}")
+    if not 0.0 <= u <= 1.0:
+        raise ValueError(f"a grid fraction must lie in [0, 1]; got {u}")
+    if u in (0.0, 1.0):
+        return float(t0 if u == 0.0 else t1)
+    return float(_GRIDS[kind](proc, torch.tensor([0.0, u, 1.0], dtype=torch.float64), float(t0), float(t1), rho)[1])

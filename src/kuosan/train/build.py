@@ -42,6 +42,18 @@ def build_objective(cfg: RunConfig, net: nn.Module, data: Dataset) -> Objective:
             p_uncond=cfg.objective.p_uncond if conditional else 0.0,
             null_class=data.num_classes,
         )
+    if cfg.objective.kind == "classifier":  # a noise-conditional classifier for classifier guidance
+        from .classifier import build_classifier_objective
+
+        return build_classifier_objective(cfg, net, data)
+    if cfg.objective.kind == "control":  # ControlNet: `net` is the frozen base U-Net, the branch is trained
+        from .control import build_control_objective
+
+        return build_control_objective(cfg, net, data)
+    if cfg.objective.kind == "lora":  # LoRA factors on `net`, the frozen network of the run cfg.base (finetune.py)
+        from .finetune import build_lora_objective
+
+        return build_lora_objective(cfg, net, data, build_loss(cfg.loss))
     # further kinds: one branch each, its objective built in its own module of train/
     raise ValueError(f"objective kind {cfg.objective.kind!r} is not built by this kuosan")
 
@@ -75,12 +87,21 @@ def train_from_config(
 ) -> TrainResult:
     """Build everything cfg names and train it into cfg.run_dir (the resolved config is saved there first);
     `log` gets the data summary (None: silent)."""
+    base = None
+    if cfg.objective.kind == "control":  # ControlNet: the base run's sections and frozen U-Net (train/control.py)
+        from .control import adopt_base
+
+        cfg, base = adopt_base(cfg)
+    if cfg.objective.kind == "lora":  # LoRA: the base run's frozen network; the objective injects the factors
+        from .finetune import load_base
+
+        base = load_base(cfg)
     data = build_data(cfg.data, cfg.train.seed)
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 writes
     if log is not None and main and (data.summary or data.skipped):
         log(data.summary or f"skipped {len(data.skipped)} file(s): {', '.join(data.skipped[:5])}")
     seed_init(cfg.train.seed)
-    net = build_network(cfg, data.shape, data.num_classes)
+    net = build_network(cfg, data.shape, data.num_classes) if base is None else base
     run_dir = cfg.run_dir
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
