@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/editing.py --part cond --n 200   # digits-cond, w = 1 and 3
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/editing.py --gaussian-only       # the exact-model table only
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/editing.py --n 64 --quick        # a smoke run
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/editing.py --part rg --n 200     # reconstruction guidance
 
 Inpainting: the top half of each held-out digit (kuosan.data.load_digits("test")) is known, the bottom half is
 filled by /work/runs/digits-ddpm (unconditional) and /work/runs/digits-cond (the true label, guidance 1 and 3),
@@ -105,9 +106,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer settings (a smoke run)")
     ap.add_argument("--picture", default=None, help="where to save the picture (default docs/img/editing-<part>.png)")
     ap.add_argument("--gaussian-only", action="store_true", help="only the exact-model Gaussian table")
-    ap.add_argument("--part", choices=("all", "ddpm", "cond"), default="all",
-                    help="ddpm: the Gaussian table, digits-ddpm inpainting and SDEdit; cond: digits-cond inpainting")
+    ap.add_argument("--part", choices=("all", "ddpm", "cond", "rg"), default="all",
+                    help="ddpm: the Gaussian table, digits-ddpm inpainting and SDEdit; cond: digits-cond inpainting; "
+                    "rg: reconstruction guidance (Gaussian and digits-ddpm)")
+    ap.add_argument("--reconstruction", default="3,10,30", help="rg: the weights w_r to measure (comma-separated)")
     args = ap.parse_args()
+    if args.part == "rg":
+        return reconstruction_tables(args)
     args.picture = args.picture or f"docs/img/editing-{'cond' if args.part == 'cond' else 'ddpm'}.png"
     torch.set_num_threads(1)
     if args.part != "cond":
@@ -150,6 +155,54 @@ def main() -> None:
             print(row(f"digits-ddpm: {method}, strength {s}", out, y, None, x, f"{round(s * nfe)}",
                       time.perf_counter() - t), flush=True)
     save_picture(args.picture, x, known, pictures, args.resample)
+
+
+def reconstruction_tables(args: argparse.Namespace, rho: float = 0.9) -> None:
+    """Reconstruction guidance (Ho et al. 2022, arXiv:2204.03458, eq. 7; `inpaint(..., reconstruction=w_r)`):
+    the exact-model Gaussian (as `gaussian_table`; mean error / std error per w_r) and digits-ddpm inpainting per
+    w_r: replacement with ddpm and dpmpp-2m-sde, RePaint (r = --resample) with dpmpp-2m-sde."""
+    from kuosan.analytic import GaussianMixture
+    from kuosan.edit import inpaint
+    from kuosan.processes import DiscreteVP
+
+    torch.set_num_threads(1)
+    weights = [0.0] + [float(w) for w in args.reconstruction.split(",") if w.strip()]
+    gm = GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0, rho], [rho, 1.0]]])
+    den, sd = gm.denoiser(DiscreteVP.linear()), (1 - rho**2) ** 0.5
+    g = torch.zeros(2000, 2, dtype=torch.float64)
+    g[:, 0] = 1.0
+    print(f"exact-model Gaussian: x2 | x1 = 1, corr {rho}, exact N({rho}, {sd:.3f}^2), 2000 samples, seed 0\n")
+    print("| sampler | NFE | w_r = " + " | ".join(f"{w:g}" for w in (0, 1, 2, 3, 5, 10)) + " |\n|---|---|"
+          + "---|" * 6)
+    for method, nfe in [("ddpm", 50), ("ddpm", 100), ("dpmpp-2m-sde", 50), ("dpmpp-2m", 20), ("heun", 21)]:
+        cells = []
+        for w in (0, 1, 2, 3, 5, 10):
+            u = inpaint(den, g, torch.tensor([1.0, 0.0]), method, nfe, reconstruction=w,
+                        generator=torch.Generator().manual_seed(0))
+            cells.append(f"{float(u[:, 1].mean()) - rho:+.3f} / {float(u[:, 1].std()) - sd:+.3f}")
+        print(f"| {method} | {nfe} | " + " | ".join(cells) + " |", flush=True)
+    x, y = kuosan.data.load_digits("test")
+    x, y = x[: args.n], y[: args.n]
+    mask = read_mask("top-half", (1, 8, 8))
+    known = mask.expand(x.shape)
+    print(f"\n{len(x)} held-out digits, top half known, digits-ddpm\n")
+    print("| inpainting (top half known) | NFE/img | agree | known max diff | s |\n|---|---|---|---|---|")
+    pipe, pictures = kuosan.load(Path(args.runs) / "digits-ddpm", device="cpu"), []
+    for method, nfe, jump in [("ddpm", 100, 10), ("dpmpp-2m-sde", 25, 5)]:
+        for r in (1,) if method == "ddpm" else (1, args.resample):  # RePaint + w_r: the cheaper sampler only
+            for w in weights:
+                t = time.perf_counter()
+                out = pipe.inpaint(x, mask, method, nfe, seed=0, resample=r, jump=jump, reconstruction=w)
+                how = ("replacement" if r == 1 else f"RePaint r={r} j={jump}") + (f", w_r={w:g}" if w else "")
+                grads = " (+ backward)" if w else ""
+                print(row(f"digits-ddpm: {method}, {how}", out, y, known, x, f"{nfe * r}{grads}",
+                          time.perf_counter() - t), flush=True)
+                if method == "ddpm" and r == 1:
+                    pictures.append(out[:16])
+    path, k = args.picture or "docs/img/editing-rg.png", len(x[:16])
+    tiles = torch.stack([x[:k], known[:k] * 2 - 1, *(p[:k] for p in pictures)], 1).reshape(-1, 1, 8, 8)
+    print(f"\npicture: {save_grid(tiles, path, nrow=2 * (2 + len(pictures)), scale=6)} (per digit: input, mask, "
+          f"ddpm replacement with w_r = {', '.join(f'{w:g}' for w in weights)})")
 
 
 def save_picture(path: str, x: Tensor, known: Tensor, pictures: list[Tensor], r: int) -> None:

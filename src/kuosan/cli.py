@@ -490,6 +490,8 @@ def edit(
     seed: int = typer.Option(0, help="Seed of the noise."),
     resample: int = typer.Option(1, help="inpaint: RePaint resamplings r (1 = plain replacement)."),
     jump: int = typer.Option(10, help="inpaint: RePaint jump length j (grid steps per chunk)."),
+    reconstruction: float = typer.Option(0.0, help="inpaint: reconstruction guidance weight w_r (Ho et al. 2022, "
+                                         "eq. 7; 0 = off)."),
     label: str | None = typer.Option(None, help="Class-conditional runs: a class index, or one per input: 3,5,..."),
     guidance: float | None = typer.Option(None, help="Classifier-free guidance scale w (1 = the conditional model)."),
     out_path: Path | None = typer.Option(None, "--out", help="PNG path; the .npz goes beside it."),
@@ -505,7 +507,8 @@ def edit(
         labels = None if label is None else [int(k) for k in label.split(",") if k.strip()]
         png, npz, x = edit_run(checkpoint, "img2img" if img2img else "inpaint", img2img or inpaint,
                                strength=strength, mask=mask, method=method, nfe=nfe, seed=seed, out_path=out_path,
-                               labels=labels, guidance=guidance, resample=resample, jump=jump, device=device)
+                               labels=labels, guidance=guidance, resample=resample, jump=jump, device=device,
+                               reconstruction=reconstruction)
     except _expected_errors() as err:
         raise _fail(err) from None
     out.print(f"wrote {png} and {npz} ({' x '.join(map(str, x.shape))} results)")

@@ -42,6 +42,7 @@ from .denoiser import Denoiser
 from .processes import GRID_KINDS
 from .processes.base import Process
 from .processes.grids import grid_time
+from .reconstruction import reconstruction_guided
 from .samplers import METHODS, sample
 from .samplers.common import SamplerCache, schedule
 from .samplers.grid import default_grid, make_ts
@@ -194,6 +195,7 @@ def inpaint(
     *,
     resample: int = 1,
     jump: int = 10,
+    reconstruction: float = 0.0,
     generator: torch.Generator | None = None,
     grid: str | Tensor | None = None,
     cond: dict[str, Any] | None = None,
@@ -201,10 +203,16 @@ def inpaint(
 ) -> Tensor:
     """Inpainting (Lugmayr et al. 2022, arXiv:2201.09865, Alg. 1): fill where mask = 0, keep where mask = 1
     exactly. resample = 1 is the replacement method (one pass, `nfe` evaluations, any method); resample = r > 1
-    is RePaint: each chunk of `jump` grid steps is run r times, noised back up in between (about r * nfe)."""
+    is RePaint: each chunk of `jump` grid steps is run r times, noised back up in between (about r * nfe).
+    reconstruction = w_r > 0: reconstruction guidance (Ho et al. 2022, arXiv:2204.03458, eq. 7) of the x0
+    prediction before the replacement (`kuosan.reconstruction`); 0 leaves the Denoiser untouched."""
     known = known_mask(mask, images)
     if resample < 1 or jump < 1:
         raise ValueError(f"resample and jump must be at least 1; got resample={resample}, jump={jump}")
+    if not (math.isfinite(reconstruction) and reconstruction >= 0):
+        raise ValueError(f"reconstruction (the weight w_r) must be a finite number >= 0; got {reconstruction}")
+    if reconstruction > 0:
+        denoiser = reconstruction_guided(denoiser, known, images, reconstruction)
     den = denoiser.replace(clip_x0=keep_known(known, images, denoiser.clip_x0))
     p = den.process
     x = p.prior_sample(images.shape, generator=generator, dtype=images.dtype, device=images.device)

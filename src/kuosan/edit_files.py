@@ -96,7 +96,7 @@ def edit_grid(inputs: Tensor, results: Tensor, mask: Tensor | None) -> tuple[Ten
 def edit_run(run: str | Path, mode: str, inputs: str | Path, *, strength: float = 0.6, mask: str | None = None,
              method: str | None = None, nfe: int | None = None, seed: int = 0, out_path: str | Path | None = None,
              labels: list[int] | None = None, guidance: float | None = None, resample: int = 1, jump: int = 10,
-             device: str = "auto", ema: bool = True) -> tuple[Path, Path, Tensor]:
+             device: str = "auto", ema: bool = True, reconstruction: float = 0.0) -> tuple[Path, Path, Tensor]:
     """Load a run, edit the inputs (mode "img2img" or "inpaint"), write the PNG grid and the .npz (samples,
     inputs, mask); returns (png, npz, results)."""
     from .eval.evaluate import parse_sampler
@@ -117,10 +117,11 @@ def edit_run(run: str | Path, mode: str, inputs: str | Path, *, strength: float 
             raise ValueError("--inpaint needs --mask (a preset like top-half, an image file or an .npy)")
         m = read_mask(mask, pipe.data_shape)
         y = pipe.inpaint(x, m, name, nfe, seed=seed, resample=resample, jump=jump, labels=labels,
-                         guidance=guidance, **options)
+                         guidance=guidance, reconstruction=reconstruction, **options)
         m = m.expand(x.shape).to(x)
         extra["mask"] = m.cpu().numpy()
         tag = Path(str(mask)).stem + (f"-r{resample}j{jump}" if resample > 1 else "")
+        tag += f"-rg{reconstruction:g}" if reconstruction else ""
     else:
         raise ValueError(f"mode must be img2img or inpaint; got {mode!r}")
     stem = f"edit-{mode}-{tag}-{spec.replace(':', '_').replace('=', '')}-{nfe}"

@@ -251,15 +251,16 @@ class Pipeline:
     def inpaint(self, images: Tensor, mask: Tensor, method: str | None = None, nfe: int | None = None,
                 seed: int = 0, resample: int = 1, jump: int = 10, labels: int | Sequence[int] | Tensor | None = None,
                 guidance: float | None = None, *, clip_x0: str | None = None, batch_size: int | None = None,
-                **options: Any) -> Tensor:
+                reconstruction: float = 0.0, **options: Any) -> Tensor:
         """Fill images (N, *data_shape) where mask = 0, keep them exactly where mask = 1; mask broadcasts to the
         images ((H, W), (1, H, W), (N, 1, H, W), ...). resample > 1: RePaint with chunks of `jump` steps
-        (Lugmayr et al. 2022, arXiv:2201.09865); see kuosan.edit.inpaint."""
+        (Lugmayr et al. 2022, arXiv:2201.09865); reconstruction = w_r > 0: reconstruction guidance (Ho et al.
+        2022, arXiv:2204.03458, eq. 7); see kuosan.edit.inpaint."""
         from .edit import inpaint, known_mask
 
         known = known_mask(mask, self._images(images))
         return self._edit(lambda den, x, i, **kw: inpaint(den, x, known[i].to(x.device), resample=resample,
-                                                          jump=jump, **kw),
+                                                          jump=jump, reconstruction=reconstruction, **kw),
                           images, method, nfe, seed, labels, guidance, clip_x0, batch_size, options)
 
     def _images(self, images: Tensor) -> Tensor:
