@@ -269,6 +269,8 @@ def sample(
     out_path: Path | None = typer.Option(None, "--out", help="PNG path; the .npz goes beside it."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+    grid: str | None = typer.Option(None, "--grid", help="'default': ignore a grid stored by kuosan tune-steps "
+                                    "for this method and NFE (used when one exists)."),
 ) -> None:
     """Generate samples: a PNG (image grid, or a scatter plot of 2-D points) and an .npz (samples, labels)."""
     try:
@@ -278,7 +280,7 @@ def sample(
                                  guidance=guidance, clip_x0=clip_x0,
                                  guidance_interval=parse_interval(guidance_interval),
                                  guidance_rescale=guidance_rescale, classifier=classifier,
-                                 classifier_scale=classifier_scale, control=control)
+                                 classifier_scale=classifier_scale, control=control, tuned=grid != "default")
     except _expected_errors() as err:
         raise _fail(err) from None
     out.print(f"wrote {png} and {npz} ({' x '.join(map(str, x.shape))} samples)")
@@ -323,16 +325,21 @@ def sample_run(checkpoint, method=None, nfe=None, seed=0, n=None, out_path=None,
     from .export.diffusers_sample import is_diffusers_dir, sample_diffusers
 
     if is_diffusers_dir(checkpoint):  # a local diffusers UNet2DModel directory (docs/interop.md)
+        guide.pop("tuned", None)
         return sample_diffusers(checkpoint, method, nfe, seed, n, out_path, device, classes=classes,
                                 guidance=guidance, clip_x0=clip_x0, title=title, **guide)
     from .eval.evaluate import parse_sampler
     from .pictures import save_npz, save_samples
     from .pipeline import load, load_classifier
+    from .tuned_grids import load_tuned
 
     pipe = load(checkpoint, ema=ema, device=device)
     spec = method or pipe.config.sample.method
     name, options = parse_sampler(spec)
     nfe = nfe or pipe.config.sample.nfe
+    if guide.pop("tuned", False) and not options and (found := load_tuned(pipe.run_dir, name, nfe)):
+        guide["grid"] = found[1]  # kuosan tune-steps' grid for (method, nfe)
+        out.print(f"using the tuned grid {found[0]} (--grid default ignores it)")
     clf = guide.get("classifier")  # classifier guidance: labels are the classifier's classes
     if clf is not None:
         guide["classifier"] = clf = load_classifier(clf, ema=ema, device=pipe.device)
@@ -512,6 +519,28 @@ def edit(
     except _expected_errors() as err:
         raise _fail(err) from None
     out.print(f"wrote {png} and {npz} ({' x '.join(map(str, x.shape))} results)")
+
+
+@app.command("tune-steps")
+def tune_steps(
+    checkpoint: Path = typer.Argument(..., help="A run directory."),
+    method: str = typer.Option(..., help="A deterministic ODE sampler, e.g. dpmpp-2m, unipc, dpmpp-3m."),
+    nfe: int = typer.Option(..., help="Network evaluations the grid is for (the final denoise counts one)."),
+    n_calib: int = typer.Option(256, "--n-calib", help="Prior draws to fit on (the classes in turn)."),
+    seed: int = typer.Option(0, help="Seed of the calibration draws."),
+    ref_tol: float = typer.Option(1e-6, "--ref-tol", help="rtol = atol of the rk45 reference solve."),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+) -> None:
+    """Fit a time grid to the run's model (LD3, arXiv:2405.15506); `kuosan sample` then uses it (docs/samplers.md)."""
+    try:
+        from .pipeline import load
+        from .tuned_grids import tune_run
+
+        path, rec = tune_run(load(checkpoint, device=device), method, nfe, n_calib, seed=seed, ref_tol=ref_tol)
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    out.print(f"wrote {path}: RMS to the reference on {n_calib} draws {rec['rms_default']:.4g} (default grid) -> "
+              f"{rec['rms_tuned']:.4g} (tuned), {rec['fit_seconds']} s")
 
 
 @app.command()

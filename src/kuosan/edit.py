@@ -3,6 +3,7 @@
     x = img2img(denoiser, images, 0.6, method="dpmpp-2m", nfe=20, generator=g)        # strength 0.6: ~12 NFE
     x = inpaint(denoiser, images, mask, method="ddpm", nfe=100, generator=g)          # mask: 1 = known, kept
     x = inpaint(denoiser, images, mask, method="ddpm", nfe=100, resample=10, jump=10)  # RePaint resampling
+    x = inpaint(denoiser, images, mask, method="ddpm", nfe=100, reconstruction=10)     # + reconstruction guidance
 
 Pure functions over a Denoiser and any method of `kuosan.samplers.available()`; `Pipeline.img2img` and
 `Pipeline.inpaint` call them per batch. Design, measurements and the math: docs/editing.md.

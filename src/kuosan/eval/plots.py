@@ -72,6 +72,11 @@ def plot_fd_vs_accuracy(results: list[dict], path: str | Path, floor: float | No
     if floor is not None:
         ax.axhline(floor, color="0.4", ls="--", lw=1, label="held-out real data")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("class accuracy (samples judged to be the requested class)")
     ax.set_ylabel("Frechet distance")
     ax.grid(True, which="both", alpha=0.3)

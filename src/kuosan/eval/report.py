@@ -41,8 +41,8 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
 
 
 def file_stem(spec: str) -> str:
-    """A sampler spec as a file-name part: 'unipc:grid=uniform' -> 'unipc_grid-uniform'."""
-    return spec.replace(":", "_").replace("=", "-").replace("/", "-")
+    """A sampler spec as a file-name part: 'unipc:grid=uniform' -> 'unipc_grid-uniform', 'ddim w=3' -> 'ddim_w-3'."""
+    return spec.replace(":", "_").replace("=", "-").replace("/", "-").replace(" ", "_")
 
 
 def _saved(path: Path, n: int, seed: int, tag: str | None) -> tuple[torch.Tensor, dict[str, float]] | None:

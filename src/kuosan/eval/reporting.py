@@ -100,8 +100,11 @@ def _nll_section(nll: dict[str, Any]) -> list[str]:
 
 def _interval_note(report: dict[str, Any]) -> str:
     iv = report.get("guidance_interval")
-    return "" if iv is None else (f" Guidance acts only at noise levels sigma/alpha in ({iv[0]:g}, {iv[1]:g}] (the "
-                                  "run's sample.guidance_interval; arXiv:2404.07724), the conditional model elsewhere.")
+    if iv is None:
+        return ""
+    return (f" Guidance acts only at noise levels sigma/alpha in ({iv[0]:g}, {iv[1]:g}] (the run's "
+            "sample.guidance_interval; arXiv:2404.07724), the conditional model elsewhere, so w = 0 is the "
+            "unconditional model only inside it.")
 
 
 def _guidance_section(report: dict[str, Any]) -> list[str]:

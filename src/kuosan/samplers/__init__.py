@@ -34,6 +34,7 @@ from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 from .names import NoEquivalent, Resolved, resolve
 from .ode import heun_orders, sample_euler, sample_heun, sample_heun_churn, sample_rk45
 from .sde import sample_euler_maruyama, sample_pc, sample_reverse_diffusion
+from .tune import optimize_grid
 from .unipc import sample_unipc
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
     "sample_reverse_diffusion", "sample_pc", "sample_euler", "sample_heun", "sample_heun_churn", "sample_rk45",
     "sample_ddim", "sample_dpm_solver", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde",
     "sample_unipc", "sample_eabm", "sample_analytic_ddpm", "sample_analytic_ddim", "sample_flow_euler",
-    "sample_flow_midpoint", "resolve", "Resolved", "NoEquivalent",
+    "sample_flow_midpoint", "resolve", "Resolved", "NoEquivalent", "optimize_grid",
 ]
 
 # A plan maps (evaluation budget or None, number of steps or None, does the grid start at alpha = 0, options)

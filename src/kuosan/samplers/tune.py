@@ -1,0 +1,133 @@
+"""Step schedules tuned to the model: an LD3-style fit of the time grid on prior draws (Tong et al. 2024,
+"Learning to Discretize Denoising Diffusion ODEs", arXiv:2405.15506, §3, eq. 5-6).
+
+LD3 keeps the grid's end points, writes the interior times through a softmax over increments of the solver's
+variable, and minimises the distance between the solver's endpoint on that grid and a tight solve of the same
+model from the same x_T, over a few hundred prior draws. We follow it with two changes, stated here:
+
+  * the variable is the log-SNR lambda = log(alpha/sigma) (the variable of the exponential integrators
+    DPM-Solver++ and UniPC step in; LD3 uses the EDM sigma); the grid is
+        lambda_i = lambda_0 + (lambda_n - lambda_0) sum_{j<i} softmax(xi)_j,   t_i = t(lambda_i),
+    so it stays descending in t between fixed ends for every xi;
+  * the fit is derivative-free (Nelder-Mead over xi, scipy.optimize), not backpropagation: kuosan's samplers
+    compute their float64 step coefficients as Python floats (samplers/common.py `schedule`) and `sample` runs
+    under no_grad, so no gradient flows from the endpoint to the grid without rewriting every sampler. With
+    n - 1 free logits (n steps, n <= 20 here) a simplex search over the cheap calibration loss is enough.
+
+The loss is LD3's L2 endpoint error, as an RMS over the calibration draws; the fit starts from the method's
+default grid and keeps the best grid it has evaluated, so the tuned grid never scores worse than the
+default one on the calibration draws.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from .grid import default_grid, make_ts
+
+__all__ = ["optimize_grid", "grid_steps", "reference_endpoints", "grid_from_logits"]
+
+F64 = torch.float64
+
+
+def grid_steps(method: str, nfe: int) -> int:
+    """Steps an explicit grid of `method` may have within `nfe` evaluations, the final denoise counting one."""
+    from . import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown sampler {method!r}")
+    m = METHODS[method]
+    if m.order is None or method == "rk45":
+        raise ValueError(f"optimize_grid tunes deterministic fixed-grid ODE solvers; {method!r} is "
+                         f"{'adaptive' if method == 'rk45' else 'stochastic'}")
+    if nfe is None or nfe < 3:
+        raise ValueError(f"optimize_grid needs nfe >= 3 (two steps and the final denoise), got nfe={nfe}")
+    n = nfe - 1
+    while n >= 2 and m.plan(None, n, False, {})[2] + 1 > nfe:  # e.g. Heun: two evaluations per step
+        n -= 1
+    if n < 2:
+        raise ValueError(f"{method!r} cannot take two steps with nfe={nfe}; give it a larger budget")
+    return n
+
+
+def grid_from_logits(process, t0: float, t1: float, xi: Tensor) -> Tensor:
+    """LD3's grid (arXiv:2405.15506, eq. 6) in log-SNR: lambda_i = lambda_0 + (lambda_n - lambda_0) cumsum
+    softmax(xi), mapped to descending float64 times t(lambda_i); the ends are t0 and t1 exactly."""
+    lam0, lam1 = process.log_snr(torch.tensor([t0, t1], dtype=F64)).tolist()
+    frac = torch.cumsum(torch.softmax(xi.to(F64), 0), 0)[:-1]
+    inner = process.t_of_log_snr(lam0 + (lam1 - lam0) * frac)
+    return torch.cat([torch.tensor([t0], dtype=F64), inner, torch.tensor([t1], dtype=F64)])
+
+
+def reference_endpoints(denoiser: Denoiser, x_T: Tensor, t_start: float, t_end: float, *,
+                        cond: dict[str, Any] | None = None, tol: float = 1e-9) -> Tensor:
+    """The tight PF-ODE endpoint from x_T at t_start to t_end (rk45 at rtol = atol = tol), then the final denoise."""
+    from . import sample
+
+    grid = torch.tensor([t_start, t_end], dtype=F64)
+    return sample(denoiser, x_T, "rk45", nfe=None, grid=grid, cond=cond, rtol=tol, atol=tol)
+
+
+def _rms(x: Tensor, ref: Tensor) -> float:
+    return (x.double() - ref.double()).square().mean().sqrt().item()
+
+
+def optimize_grid(
+    denoiser: Denoiser,
+    method: str,
+    nfe: int,
+    x_T: Tensor,
+    *,
+    cond: dict[str, Any] | None = None,
+    reference: Tensor | None = None,
+    steps: int = 2000,
+    tol: float = 1e-4,
+    simplex_step: float = 0.5,
+    generator: torch.Generator | None = None,
+    **options: Any,
+) -> Tensor:
+    """A time grid for `method` at `nfe` fitted to `denoiser` on the calibration draws x_T (LD3, Tong et al. 2024,
+    arXiv:2405.15506, eq. 5-6, fitted derivative-free: see the module docstring).
+
+    Returns a descending float64 tensor of times from the default grid's first time (process.t_max) to its last,
+    usable as `kuosan.sample(denoiser, x, method, nfe, grid=ts)`. reference: the exact endpoints of x_T (a tight
+    solve of the same model; computed with rk45 when None); steps: at most this many loss evaluations; tol: the
+    simplex's relative tolerance on the logits and the loss; simplex_step: its initial size in logits;
+    `generator` is unused (the fit is deterministic); other options go to the method."""
+    from scipy.optimize import minimize
+
+    from . import METHODS, sample
+
+    n = grid_steps(method, nfe)
+    p = denoiser.process
+    ts0, _ = make_ts(p, default_grid(p, METHODS[method].grids), n)
+    lam = p.log_snr(ts0)
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError(f"optimize_grid needs a finite log-SNR at both ends of {method!r}'s grid "
+                         f"(t={ts0[0].item():g}..{ts0[-1].item():g}); tune a process with alpha > 0 at t_max")
+    t0, t1 = ts0[0].item(), ts0[-1].item()
+    if reference is None:
+        reference = reference_endpoints(denoiser, x_T, t0, t1, cond=cond)
+
+    def loss(xi: np.ndarray) -> float:
+        ts = grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], xi])))
+        if not bool((ts[1:] < ts[:-1]).all()):
+            return math.inf
+        x = sample(denoiser, x_T, method, nfe=nfe, grid=ts, cond=cond, **options)
+        err = _rms(x, reference)
+        return err if math.isfinite(err) else math.inf
+
+    # start at the default grid: xi_j = log(h_j / h_0) (the first logit is fixed at 0: softmax is shift-invariant)
+    h = (lam[1:] - lam[:-1]).clamp_min(1e-12)
+    xi0 = (h.log() - h[0].log())[1:].numpy()
+    simplex = np.vstack([xi0, xi0 + simplex_step * np.eye(len(xi0))])  # scipy's default steps vanish at xi = 0
+    res = minimize(loss, xi0, method="Nelder-Mead", options={
+        "maxfev": steps, "xatol": tol, "fatol": tol * loss(xi0), "adaptive": True, "initial_simplex": simplex})
+    best = res.x if res.fun <= loss(xi0) else xi0
+    return grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], best])))
