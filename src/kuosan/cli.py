@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=2 -m kuosan train digits-ddpm
     kuosan sample runs/toy2d-ddpm --method dpmpp-2m --nfe 20 --n 1000
     kuosan info runs/toy2d-ddpm
+    kuosan tune-steps runs/toy2d-ddpm --method dpmpp-2m --nfe 10   # a grid fitted to the model (LD3)
     kuosan edit runs/digits-ddpm --inpaint digits.npz --mask top-half   # or --img2img x.png --strength 0.6
     kuosan export runs/digits-ddpm --format diffusers --out out/ddpm-diffusers   # docs/interop.md
     kuosan recipes

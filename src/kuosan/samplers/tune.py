@@ -15,8 +15,9 @@ model from the same x_T, over a few hundred prior draws. We follow it with two c
     n - 1 free logits (n steps, n <= 20 here) a simplex search over the cheap calibration loss is enough.
 
 The loss is LD3's L2 endpoint error, as an RMS over the calibration draws; the fit starts from the method's
-default grid and keeps the best grid it has evaluated, so the tuned grid never scores worse than the
-default one on the calibration draws.
+default grid, is fitted on three quarters of the calibration draws, and the fitted grid is kept only if it also
+beats the default grid on the held-out quarter (otherwise the default grid is returned): on 16-D sharply
+multimodal mixtures a fit driven by a few boundary trajectories had made dpmpp-3m 5x worse on new draws.
 """
 
 from __future__ import annotations
@@ -115,12 +116,17 @@ def optimize_grid(
     if reference is None:
         reference = reference_endpoints(denoiser, x_T, t0, t1, cond=cond)
 
-    def loss(xi: np.ndarray) -> float:
+    # a quarter of the draws (at least 8 in all) is held out: the fitted grid is kept only if it also wins there, so
+    # a fit dominated by the few calibration trajectories near a boundary between modes cannot make things worse
+    k = len(x_T) - len(x_T) // 4 if len(x_T) >= 8 else len(x_T)
+
+    def loss(xi: np.ndarray, rows: slice = slice(0, k)) -> float:
         ts = grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], xi])))
         if not bool((ts[1:] < ts[:-1]).all()):
             return math.inf
-        x = sample(denoiser, x_T, method, nfe=nfe, grid=ts, cond=cond, **options)
-        err = _rms(x, reference)
+        part = None if cond is None else {key: v[rows] for key, v in cond.items()}
+        x = sample(denoiser, x_T[rows], method, nfe=nfe, grid=ts, cond=part, **options)
+        err = _rms(x, reference[rows])
         return err if math.isfinite(err) else math.inf
 
     # start at the default grid: xi_j = log(h_j / h_0) (the first logit is fixed at 0: softmax is shift-invariant)
@@ -129,5 +135,7 @@ def optimize_grid(
     simplex = np.vstack([xi0, xi0 + simplex_step * np.eye(len(xi0))])  # scipy's default steps vanish at xi = 0
     res = minimize(loss, xi0, method="Nelder-Mead", options={
         "maxfev": steps, "xatol": tol, "fatol": tol * loss(xi0), "adaptive": True, "initial_simplex": simplex})
-    best = res.x if res.fun <= loss(xi0) else xi0
+    held = slice(k, None)
+    better = res.fun <= loss(xi0) and (k == len(x_T) or loss(res.x, held) < loss(xi0, held))
+    best = res.x if better else xi0
     return grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], best])))
