@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..samplers.diffusers_names import option_value
 from .features import digits_feature_info, digits_features, inception_features
 from .metrics import (
     frechet_distance,
@@ -36,18 +37,6 @@ __all__ = ["Reference", "build_reference", "quality", "draw_samples", "subsample
 SAMPLER_ALIASES = {"ancestral": "ddpm"}  # the usual word for DDPM's Algorithm 2
 
 
-def _option_value(text: str) -> Any:
-    """'true'/'false' -> bool, then int, then float, else the string itself."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
     """A sampler spec 'method[:key=value...]' -> (method, options for kuosan.sample), e.g.
     'unipc:grid=uniform' or 'ddim:eta=1.0' or 'dpmpp-2m:thresholding=true'; 'ancestral' means 'ddpm'. Another
@@ -61,7 +50,7 @@ def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = pair.partition("=")
         if not eq or not key or not value:
             raise ValueError(f"sampler spec {spec!r}: option {pair!r} is not key=value")
-        options[key.strip()] = _option_value(value.strip())
+        options[key.strip()] = option_value(value)
     method = SAMPLER_ALIASES.get(method, method)
     if method not in METHODS:  # another tool's name, or an error naming the closest ones
         r = resolve(method)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .names import NoEquivalent, Resolved
 
-__all__ = ["DIFFUSERS_CLASSES", "TABLE_CONFIGS", "resolve_diffusers", "split_config"]
+__all__ = ["DIFFUSERS_CLASSES", "TABLE_CONFIGS", "resolve_diffusers", "split_config", "option_value"]
 
 # class -> (kuosan method or None, how its timesteps reach the network, options, note)
 #   "integer": integer timesteps (DDIM, DDPM); "rounded": the network sees rounded timesteps; "float": fractional
@@ -74,7 +74,9 @@ TABLE_CONFIGS: list[tuple[str, str, dict[str, Any] | None]] = [
 ] + [(c, c, None) for c, v in DIFFUSERS_CLASSES.items() if v[0] is None]
 
 
-def _value(text: str) -> Any:
+def option_value(text: str) -> Any:
+    """A written option value: 'true'/'false' -> bool, then int, then float, else the string (quotes removed).
+    Shared by diffusers configs written inline and kuosan sampler specs (kuosan.eval.evaluate.parse_sampler)."""
     t = text.strip()
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
@@ -95,7 +97,7 @@ def split_config(text: str, config: dict[str, Any] | None) -> tuple[str, dict[st
             key, eq, value = pair.partition("=")
             if not eq:
                 raise ValueError(f"scheduler config {inner!r}: {pair!r} is not key=value")
-            cfg[key.strip()] = _value(value)
+            cfg[key.strip()] = option_value(value)
     return text.strip(), cfg
 
 
