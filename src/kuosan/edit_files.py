@@ -8,6 +8,7 @@ or a preset), and the outputs (a PNG grid of inputs | masks | results and an .np
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,12 @@ def read_inputs(path: str | Path, data_shape: tuple[int, ...]) -> Tensor:
     if path.is_dir():
         if len(data_shape) != 3:
             raise ValueError(f"a folder of images needs an image run; this run's data is {data_shape}")
-        x, _ = ImageFolder(path, size=data_shape[-1], channels=data_shape[0]).tensors()
+        folder = ImageFolder(path, size=data_shape[-1], channels=data_shape[0])
+        x, _ = folder.tensors()
+        if folder.converted:  # say so: a 28x28 digit edited by an 8x8 run is first shrunk to 8x8
+            first, why = folder.converted[0]
+            print(f"{len(folder.converted)} of {len(x)} input images were converted to the run's data shape "
+                  f"{tuple(data_shape)} (e.g. {first}: {why})", file=sys.stderr)
         return x
     if path.suffix.lower() in (".npy", ".npz"):
         key = None
