@@ -229,7 +229,8 @@ class Denoiser(nn.Module):
         if self.guidance is not None and self.learned_variance:
             raise ValueError("classifier-free guidance with a learned variance is not supported")
         self.nfe += 1
-        out = self._call(x, t, cond) if self._one_branch(t) else self._guided(x, t, cond)
+        rows = self._guided_rows(t)
+        out = self._call(x, t, cond) if rows is False else self._guided(x, t, cond, rows)
         if self.clip_x0 is None:
             return out
         if self.learned_variance:  # (B, 2C, ...): clip the prediction half, keep the variance half
@@ -237,15 +238,18 @@ class Denoiser(nn.Module):
             return torch.cat([self._clipped(self.clip_x0, out[:, :c], x, t), out[:, c:]], dim=1)
         return self._clipped(self.clip_x0, out, x, t)
 
-    def _one_branch(self, t: Tensor) -> bool:
-        """No guidance, w = 1 (the conditional model exactly: lerp's end point), or every row outside the
-        guidance interval: the conditional branch alone, half the work."""
+    def _guided_rows(self, t: Tensor) -> Tensor | bool:
+        """Which rows are guided: False for none (no guidance; w = 1, the conditional model exactly, lerp's end
+        point; or every row outside the guidance interval: the conditional branch alone, half the work), True for
+        all (no interval), else the (B,) mask of rows inside the interval."""
         if self.guidance in (None, 1.0):
+            return False
+        if self.guidance_interval is None:
             return True
-        return self.guidance_interval is not None and not in_guidance_interval(self.process, t,
-                                                                                self.guidance_interval).any()
+        inside = in_guidance_interval(self.process, t, self.guidance_interval)
+        return inside if inside.any() else False
 
-    def _guided(self, x: Tensor, t: Tensor, cond: dict[str, Any]) -> Tensor:
+    def _guided(self, x: Tensor, t: Tensor, cond: dict[str, Any], rows: Tensor | bool = True) -> Tensor:
         """Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6) on the raw outputs:
             out = out_u + w (out_c - out_u) = (1 - w) out_u + w out_c.
         Every kind is linear in (x0, eps) at fixed x_t and t (predictions.py), out = A x0 + B eps, so this is
@@ -265,9 +269,8 @@ class Denoiser(nn.Module):
         guided = torch.lerp(out[b:], out_c, self.guidance)
         if self.guidance_rescale > 0:
             guided = self._rescaled(guided, out_c, x, t)
-        if self.guidance_interval is not None:
-            inside = append_dims(in_guidance_interval(self.process, t, self.guidance_interval), x.ndim)
-            guided = torch.where(inside, guided, out_c)
+        if isinstance(rows, Tensor):  # the guidance interval: the conditional model outside it
+            guided = torch.where(append_dims(rows, x.ndim), guided, out_c)
         return guided
 
     def _rescaled(self, guided: Tensor, out_c: Tensor, x: Tensor, t: Tensor) -> Tensor:
