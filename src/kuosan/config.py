@@ -241,7 +241,7 @@ class ArrayData(_DataBase):
 
 DataConfig = _tagged_union(Toy2dData, DigitsData, FolderData, ArrayData, MnistData)
 _TAGS = {"discretevp", "vp", "subvp", "ve", "edm", "rectified_flow", "toy2d", "digits", "folder", "array", "mnist",
-         "denoising", "classifier", "lora", "control"}
+         "denoising", "classifier", "lora", "control", "progressive", "consistency", "lcm", "reflow"}
 
 
 # --- loss, training, sampling -----------------------------------------------------------------------
@@ -259,7 +259,8 @@ class ObjectiveConfig(_Strict):
     batches, the label replaced by the null class with probability p_uncond (Ho & Salimans 2022,
     arXiv:2207.12598, Alg. 1) so that classifier-free guidance works on conditional runs."""
 
-    kind: Literal["denoising", "classifier", "lora", "control"] = "denoising"
+    kind: Literal["denoising", "classifier", "lora", "control", "progressive", "consistency", "lcm", "reflow"] = (
+        "denoising")
     p_uncond: float = Field(0.1, ge=0, le=1)
     # --- kind-specific fields below (each kind's own block; others ignore them) ---
     # control (ControlNet, Zhang et al. 2023, arXiv:2302.05543): the condition computed from each x0
@@ -270,6 +271,11 @@ class ObjectiveConfig(_Strict):
     rank: int = Field(4, ge=1)
     alpha: float | None = Field(None, gt=0)
     targets: list[str] | None = None
+    # --- distillation (kuosan.distill; `kuosan distill METHOD TEACHER_RUN`, docs/distill.md) ---
+    # progressive (Salimans & Ho 2022, arXiv:2202.00512)
+    # consistency (Song et al. 2023, arXiv:2303.01469; iCT arXiv:2310.14189; ECT arXiv:2406.14548)
+    # lcm (Luo et al. 2023, arXiv:2310.04378)
+    # reflow (Liu et al. 2022, arXiv:2209.03003)
 
 
 class TrainConfig(_Strict):
@@ -338,6 +344,7 @@ class RunConfig(_Strict):
     net: NetConfig = Field(default_factory=NetConfig)
     data: DataConfig = Field(default_factory=Toy2dData)
     base: Path | None = None  # adapter runs (objective lora / control): the run whose network they adapt, frozen
+    teacher: Path | None = None  # distilled runs (kuosan.distill): the run whose model they learn from, frozen
     loss: LossConfig = Field(default_factory=LossConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

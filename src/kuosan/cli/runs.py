@@ -1,4 +1,4 @@
-"""`kuosan train`, `resume`, `finetune`, `info`, `recipes` and `demo`: making and inspecting runs."""
+"""`kuosan train`, `resume`, `finetune`, `distill`, `info`, `recipes` and `demo`: making and inspecting runs."""
 
 from __future__ import annotations
 
@@ -65,6 +65,19 @@ def resume(
     train(None, set_, True, run, False)
 
 
+def _same_settings(cfg, done: str, options: str, verb: str) -> None:
+    """--resume of a finetune / distill run: its saved config must be the one these options make (train.steps and
+    the like may differ only through `kuosan resume RUN --set ...`)."""
+    from ..config import config_dict
+
+    if not (cfg.run_dir / "config.yaml").is_file():
+        return
+    differ = sorted(_diff(config_dict(cfg), config_dict(load_config(cfg.run_dir / "config.yaml"))))
+    if differ:
+        raise ConfigError(f"{cfg.run_dir} was {done} with other settings ({', '.join(differ[:6])}): resume with "
+                          f"the same {options} (or `kuosan resume {cfg.run_dir}`), or {verb} into a new --out")
+
+
 @app.command()
 def finetune(
     base_run: Path = typer.Argument(..., help="The run to adapt (a run or checkpoint directory)."),
@@ -85,14 +98,8 @@ def finetune(
 
         names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
         cfg = finetune_config(base_run, lora, alpha, names, set_, out_dir)
-        if resume and (cfg.run_dir / "config.yaml").is_file():  # the same settings, but train.steps and the like
-            from ..config import config_dict
-
-            differ = sorted(_diff(config_dict(cfg), config_dict(load_config(cfg.run_dir / "config.yaml"))))
-            if differ:
-                raise ConfigError(f"{cfg.run_dir} was fine-tuned with other settings ({', '.join(differ[:6])}): "
-                                  "resume with the same --lora / --alpha / --targets / --set (or `kuosan resume "
-                                  f"{cfg.run_dir}`), or fine-tune into a new --out")
+        if resume:
+            _same_settings(cfg, "fine-tuned", "--lora / --alpha / --targets / --set", "fine-tune")
         result = train_from_config(cfg, resume=resume, log=lambda s: out.print(s, markup=False, highlight=False))
         adapter = write_adapter(cfg.run_dir)
     except _expected_errors() as err:
@@ -100,6 +107,46 @@ def finetune(
     verb = "interrupted at" if result.interrupted else "fine-tuned to"
     out.print(f"{verb} step {result.step}; checkpoint {result.checkpoint}; adapter {adapter}")
     out.print(f"sample it with: kuosan sample {cfg.run_dir}")
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command()
+def distill(
+    method: str = typer.Argument(..., help="progressive | consistency | lcm | reflow (docs/distill.md)."),
+    teacher: Path = typer.Argument(..., help="The teacher run (a run or checkpoint directory)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a key, e.g. --set train.steps=500 "
+                                   "(repeatable); the method's own keys are under objective.*"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output directory (default runs/<teacher>-<method>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the distillation run in --out."),
+    rounds: int | None = typer.Option(None, "--rounds", help="progressive: halvings of the step count "
+                                      "(= --set objective.rounds=K)."),
+    w_min: float | None = typer.Option(None, "--w-min", help="lcm: smallest guidance scale drawn (objective.w_min)."),
+    w_max: float | None = typer.Option(None, "--w-max", help="lcm: largest guidance scale drawn (objective.w_max)."),
+    skip: int | None = typer.Option(None, "--skip", help="lcm: skipping interval k in teacher steps "
+                                    "(objective.skip)."),
+) -> None:
+    """Distil a trained run into a few-step student: an ordinary run that `kuosan sample` samples with its own
+    sampler and step count."""
+    try:
+        from ..distill import distill_config
+        from ..train import train_from_config
+
+        shortcuts = {"rounds": (rounds, "progressive"), "w_min": (w_min, "lcm"), "w_max": (w_max, "lcm"),
+                     "skip": (skip, "lcm")}
+        for key, (value, owner) in shortcuts.items():
+            if value is not None and method != owner:
+                raise ConfigError(f"--{key.replace('_', '-')} is an option of `kuosan distill {owner}`, not {method}")
+        shortcut_sets = [f"objective.{k}={v}" for k, (v, _) in shortcuts.items() if v is not None]
+        cfg = distill_config(method, teacher, [*shortcut_sets, *set_], out_dir)
+        if resume:
+            _same_settings(cfg, "distilled", "--set", "distil")
+        result = train_from_config(cfg, resume=resume, log=lambda s: out.print(s, markup=False, highlight=False))
+    except _expected_errors() as err:
+        raise _fail(err) from None
+    verb = "interrupted at" if result.interrupted else "distilled to"
+    out.print(f"{verb} step {result.step}; checkpoint {result.checkpoint}")
+    out.print(f"sample it with: kuosan sample {cfg.run_dir}  (default: {cfg.sample.method}, {cfg.sample.nfe} NFE)")
     if result.interrupted:
         raise typer.Exit(130)
 

@@ -26,6 +26,7 @@ from .abm import sample_eabm
 from .analytic import GammaTable, estimate_gamma, sample_analytic_ddim, sample_analytic_ddpm
 from .ancestral import sample_ancestral
 from .common import BudgetExceeded, Callback, SamplerCache, Step, dynamic_threshold, schedule
+from .consistency import sample_consistency
 from .dpm_solver import sample_ddim, sample_dpm_solver, sample_dpmpp_2s, singlestep_orders
 from .flow import sample_flow_euler, sample_flow_midpoint
 from .grid import default_grid, make_ts
@@ -43,7 +44,7 @@ __all__ = [
     "sample_reverse_diffusion", "sample_pc", "sample_euler", "sample_heun", "sample_heun_churn", "sample_rk45",
     "sample_ddim", "sample_dpm_solver", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde",
     "sample_unipc", "sample_eabm", "sample_analytic_ddpm", "sample_analytic_ddim", "sample_flow_euler",
-    "sample_flow_midpoint", "resolve", "Resolved", "NoEquivalent", "optimize_grid",
+    "sample_flow_midpoint", "sample_consistency", "resolve", "Resolved", "NoEquivalent", "optimize_grid",
 ]
 
 # A plan maps (evaluation budget or None, number of steps or None, does the grid start at alpha = 0, options)
@@ -108,6 +109,7 @@ class Method:
     book: str
     plan: Plan
     grids: tuple[str, ...]
+    final_denoise: bool = True  # False: the method's last evaluation already returns x0 (consistency models)
 
     @property
     def stochastic(self) -> bool:
@@ -175,6 +177,9 @@ METHODS: dict[str, Method] = {
                          _fixed(1), ("uniform", "karras")),
     "flow-midpoint": Method(sample_flow_midpoint, "flow", 2, "2", "Liu et al. 2022, arXiv:2209.03003 (midpoint)",
                             "rectified flow", _fixed(2), ("uniform", "karras")),
+    "consistency": Method(sample_consistency, "consistency", None, "1", "Song et al. 2023, arXiv:2303.01469, Alg. 1",
+                          "§4.7, eq. 4.43 (multistep); LCM §4.7.1", _fixed(1), ("uniform", "karras"),
+                          final_denoise=False),
 }
 
 
@@ -240,16 +245,16 @@ def sample(
         ts, ends_at_zero = make_ts(p, kind, 0)
         n, extra, cost = m.plan(None, len(ts) - 1, infinite_start, options)
     else:
-        denoise = denoise_final
+        denoise = denoise_final and m.final_denoise
         for _ in range(2):  # a grid ending at sigma = 0 (DDIM's integer grids) forces the final denoise
             n, extra, cost = m.plan(nfe - int(denoise), None, infinite_start, options)
             if n < 1:
                 raise ValueError(f"{method!r} cannot take a step with nfe={nfe}; give it a larger budget")
             ts, ends_at_zero = make_ts(p, kind, n, t_start=t_start, t_end=t_end, rho=rho, cache=cache)
-            if denoise or not ends_at_zero:
+            if denoise or not ends_at_zero or not m.final_denoise:
                 break
             denoise = True
-    denoise = denoise_final or ends_at_zero
+    denoise = (denoise_final or ends_at_zero) and m.final_denoise
     if nfe is not None and cost + int(denoise) > nfe:
         raise ValueError(f"{method!r} on this grid needs {cost + int(denoise)} evaluations, more than nfe={nfe}")
     if "cache" in m.parameters:

@@ -19,6 +19,8 @@ from ..rng import seed_init
 from .loop import TrainResult, fit
 from .objectives import DenoisingObjective, LossFn, Objective
 
+DISTILL_METHODS = ("progressive", "consistency", "lcm", "reflow")  # objective kinds built by kuosan.distill
+
 __all__ = ["build_loss", "build_objective", "train_from_config", "run_meta"]
 
 
@@ -101,12 +103,19 @@ def train_from_config(
     if log is not None and main and (data.summary or data.skipped):
         log(data.summary or f"skipped {len(data.skipped)} file(s): {', '.join(data.skipped[:5])}")
     seed_init(cfg.train.seed)
-    net = build_network(cfg, data.shape, data.num_classes) if base is None else base
+    if cfg.objective.kind in DISTILL_METHODS:  # a student of cfg.teacher (kuosan.distill): its own objective
+        from ..distill import build_distillation
+
+        objective = build_distillation(cfg, data)
+        net = objective.net
+    else:
+        net = build_network(cfg, data.shape, data.num_classes) if base is None else base
+        objective = build_objective(cfg, net, data)
     run_dir = cfg.run_dir
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         if data.skipped:
             (run_dir / "skipped_files.txt").write_text("\n".join(data.skipped) + "\n", encoding="utf-8")
-    return fit(build_objective(cfg, net, data), data, cfg.train, run_dir, sample=cfg.sample,
+    return fit(objective, data, cfg.train, run_dir, sample=cfg.sample,
                meta=run_meta(cfg, data, net), resume=resume)

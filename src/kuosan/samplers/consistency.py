@@ -1,0 +1,52 @@
+"""Multistep consistency sampling (Song et al. 2023, arXiv:2303.01469, Alg. 1; book §4.7): a consistency function
+f(x_t, t) maps any point of a probability-flow trajectory to its endpoint, so one evaluation gives a sample and
+each further evaluation re-noises that sample to a lower noise level and maps it back.
+
+    x <- f(x_T, tau_0);   for tau_1 > ... > tau_{K-1}:  x_tau ~ q(x_tau | x_{t_min} = x),  x <- f(x_tau, tau)
+
+The re-noising step is the forward transition from t_min (where f's output lives: the boundary condition
+f(x, t_min) = x) to tau: x_tau = alpha_{tau|t_min} x + sigma_{tau|t_min} z. Under EDM (alpha = 1, sigma = t) this
+is CM's x + sqrt(tau^2 - eps^2) z exactly; on DDPM processes it is LCM's multistep rule (Luo et al. 2023,
+arXiv:2310.04378, Alg. 3) up to the noise at t_min, which LCM neglects. The grid's n + 1 times are the n
+evaluation times and t_min, so `nfe` evaluations take an (nfe + 1)-point grid and no final denoise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from .common import Callback, Model, noise, report
+
+__all__ = ["sample_consistency"]
+
+
+@torch.no_grad()
+def sample_consistency(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    denoise: bool = False,
+    cond: dict[str, Any] | None = None,
+    cache=None,
+) -> Tensor:
+    """CM Alg. 1 over the evaluation times ts[0] > ... > ts[n-1] (ts[n] is the endpoint t_min, not evaluated):
+    one evaluation per time; `denoise` is ignored (every evaluation already returns the endpoint x0)."""
+    p, n = denoiser.process, len(ts) - 1
+    ts64 = ts.to("cpu", torch.float64)
+    model = Model(denoiser, ts64[:n], x, kinds=("x0",), cond=cond, cache=cache)
+    x0 = model.x0(x, 0)
+    report(callback, 0, ts[1], x, x0)
+    t_end = ts64[n : n + 1].clamp_min(p.t_min)
+    for i in range(1, n):
+        a, var = p.transition(t_end, ts64[i : i + 1])
+        x = (a.item() * x0 + var.clamp_min(0).sqrt().item() * noise(x0, generator)).to(x0.dtype)
+        x0 = model.x0(x, i)
+        report(callback, i, ts[i + 1], x, x0)
+    return x0
