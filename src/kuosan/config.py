@@ -274,6 +274,24 @@ class ObjectiveConfig(_Strict):
     # --- distillation (kuosan.distill; `kuosan distill METHOD TEACHER_RUN`, docs/distill.md) ---
     # progressive (Salimans & Ho 2022, arXiv:2202.00512)
     # consistency (Song et al. 2023, arXiv:2303.01469; iCT arXiv:2310.14189; ECT arXiv:2406.14548)
+    # (kuosan.distill.consistency, docs/distill_consistency.md): distill = CD (CM Alg. 2, teacher ODE step with
+    # the sampler cm_solver), train = CT from scratch (CM Alg. 3 / iCT), tune = ECT from a diffusion teacher
+    mode: Literal["distill", "train", "tune"] = "distill"
+    cm_solver: Literal["ddim", "euler", "heun", "dpmpp-2s", "dpm-solver-2"] = "heun"
+    cm_distance: Literal["l2", "pseudo-huber"] = "l2"
+    cm_huber_c: float | None = Field(None, gt=0)  # None: 0.00054 sqrt(dim) (iCT §3.3)
+    cm_n: int = Field(18, ge=2)  # N of the Karras discretisation (CM eq. 5-style, rho cm_rho) without curriculum
+    cm_rho: float = Field(7.0, gt=0)
+    cm_curriculum: tuple[int, int] | None = None  # (s0, s1): N doubles from s0 to s1 (iCT eq. 8); None: N = cm_n
+    cm_target_decay: float = Field(0.95, ge=0, lt=1)  # mu of the EMA target theta^-; 0: stop-grad of theta (iCT)
+    cm_weighting: Literal["uniform", "ict"] = "uniform"  # ict: 1 / (s_{n+1} - s_n) (iCT §3.4)
+    cm_levels: Literal["uniform", "lognormal"] = "uniform"  # lognormal: iCT §3.5 over the discretisation
+    cm_p_mean: float = -1.1
+    cm_p_std: float = Field(2.0, gt=0)
+    ect_stages: int = Field(8, ge=1)  # ECT: dt shrinks by ect_q per stage (arXiv:2406.14548 §3.3)
+    ect_q: float = Field(2.0, gt=1)
+    ect_k: float = Field(8.0, ge=0)  # n(t) = 1 + k sigmoid(-b t)
+    ect_b: float = Field(1.0, ge=0)
     # lcm (Luo et al. 2023, arXiv:2310.04378)
     # reflow (Liu et al. 2022, arXiv:2209.03003)
 
@@ -339,7 +357,7 @@ class RunConfig(_Strict):
     name: str = "run"
     out_dir: Path | None = None  # default runs/<name>
     prediction: Literal["eps", "x0", "v", "score", "velocity"] | None = None  # default eps (x0 under EDM precond)
-    precondition: Literal["none", "edm"] = "none"
+    precondition: Literal["none", "edm", "consistency"] = "none"  # consistency: CM App. C (kuosan.denoiser)
     process: ProcessConfig = Field(default_factory=DiscreteVPConfig)
     net: NetConfig = Field(default_factory=NetConfig)
     data: DataConfig = Field(default_factory=Toy2dData)
@@ -352,10 +370,9 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.precondition == "edm" and self.prediction not in (None, "x0"):
-            raise ValueError(
-                f"precondition 'edm' makes the network an x0-predictor; got prediction {self.prediction!r}"
-            )
+        if self.precondition != "none" and self.prediction not in (None, "x0"):
+            raise ValueError(f"precondition {self.precondition!r} makes the network an x0-predictor; got prediction "
+                             f"{self.prediction!r}")
         if (self.net.kind == "classifier") != (self.objective.kind == "classifier"):
             raise ValueError(f"net.kind 'classifier' and objective.kind 'classifier' go together; got net.kind "
                              f"{self.net.kind!r} with objective.kind {self.objective.kind!r}")

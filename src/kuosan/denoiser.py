@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .predictions import Coefficients, check_prediction, from_x0_eps, to_x0_eps
 from .processes.base import Process, append_dims
 
-__all__ = ["Denoiser", "EDMPrecond", "rescale_guidance", "in_guidance_interval"]
+__all__ = ["Denoiser", "EDMPrecond", "ConsistencyPrecond", "rescale_guidance", "in_guidance_interval"]
 
 
 def rescale_guidance(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
@@ -47,6 +47,8 @@ class EDMPrecond:
         c_in = 1 / sqrt(s^2 + sigma_data^2),           c_noise = ln(s) / 4.
     """
 
+    name = "edm"
+
     def __init__(self, sigma_data: float = 0.5):
         self.sigma_data = sigma_data
 
@@ -65,6 +67,30 @@ class EDMPrecond:
     def loss_weight(self, s: Tensor) -> Tensor:
         """lambda(s) = 1 / c_out^2 = (s^2 + sigma_data^2) / (s sigma_data)^2 (EDM eq. 8)."""
         return (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+
+
+class ConsistencyPrecond(EDMPrecond):
+    """The consistency-model parameterisation (Song et al. 2023, arXiv:2303.01469, §3 and App. C; book eq. 4.43):
+    EDM's c_in and c_noise, with c_skip and c_out shifted so that f(x, s_min) = x exactly (the boundary condition):
+
+        c_skip(s) = sigma_data^2 / ((s - s_min)^2 + sigma_data^2)
+        c_out(s)  = sigma_data (s - s_min) / sqrt(sigma_data^2 + s^2)
+
+    s = sigma/alpha and s_min its value at the process's t_min (EDM: sigma_min = 0.002), so a student initialised
+    from an EDM-preconditioned teacher's F starts close to the teacher's x0 (c_skip, c_out differ from EDM's only
+    near s_min)."""
+
+    name = "consistency"
+
+    def __init__(self, sigma_data: float = 0.5, s_min: float = 0.002):
+        super().__init__(sigma_data)
+        self.s_min = s_min
+
+    def c_skip(self, s: Tensor) -> Tensor:
+        return self.sigma_data**2 / ((s - self.s_min) ** 2 + self.sigma_data**2)
+
+    def c_out(self, s: Tensor) -> Tensor:
+        return self.sigma_data * (s - self.s_min) / torch.sqrt(self.sigma_data**2 + s**2)
 
 
 class Denoiser(nn.Module):
@@ -116,13 +142,14 @@ class Denoiser(nn.Module):
         clip_x0: Callable[[Tensor], Tensor] | None = None,
     ):
         super().__init__()
-        if precondition not in (None, "edm"):
-            raise ValueError(f"unknown precondition {precondition!r}; choose None or 'edm'")
+        if precondition not in (None, "edm", "consistency"):
+            raise ValueError(f"unknown precondition {precondition!r}; choose None, 'edm' or 'consistency'")
         if prediction is None:
-            prediction = "x0" if precondition == "edm" else "eps"
+            prediction = "eps" if precondition is None else "x0"
         check_prediction(prediction)
-        if precondition == "edm" and prediction != "x0":
-            raise ValueError(f"EDM preconditioning makes the model an x0-predictor; got prediction={prediction!r}")
+        if precondition is not None and prediction != "x0":
+            raise ValueError(f"{precondition!r} preconditioning makes the model an x0-predictor; got "
+                             f"prediction={prediction!r}")
         if guidance is not None and not uncond:
             raise ValueError(f"guidance={guidance} needs `uncond`, the keyword arguments of the unconditional "
                              "branch (e.g. uncond={'y': torch.tensor(num_classes)})")
@@ -135,7 +162,10 @@ class Denoiser(nn.Module):
         self.fn = fn
         self.process = process
         self.prediction = prediction
-        self.precond = EDMPrecond(sigma_data) if precondition == "edm" else None
+        self.precond = None if precondition is None else EDMPrecond(sigma_data)
+        if precondition == "consistency":  # boundary at the process's smallest noise level s_min
+            s_min = torch.exp(-process.log_snr(torch.tensor(process.t_min, dtype=torch.float64)))
+            self.precond = ConsistencyPrecond(sigma_data, float(s_min))
         self.sigma_data = sigma_data
         self.guidance = guidance
         self.uncond = uncond
@@ -151,7 +181,7 @@ class Denoiser(nn.Module):
         uncond, clip_x0, ...); its nfe counter starts at 0."""
         settings = {
             "prediction": self.prediction,
-            "precondition": None if self.precond is None else "edm",
+            "precondition": None if self.precond is None else self.precond.name,
             "sigma_data": self.sigma_data,
             "guidance": self.guidance,
             "uncond": self.uncond,
@@ -326,6 +356,6 @@ class Denoiser(nn.Module):
         return self._as("velocity", x, t, cond)
 
     def extra_repr(self) -> str:
-        pre = ", precondition='edm'" if self.precond else ""
+        pre = f", precondition={self.precond.name!r}" if self.precond else ""
         cfg = "" if self.guidance is None else f", guidance={self.guidance}"
         return f"process={self.process!r}, prediction={self.prediction!r}{pre}{cfg}, nfe={self.nfe}"

@@ -197,12 +197,11 @@ def build_network(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int 
 def build_denoiser(cfg: RunConfig, net: nn.Module) -> Denoiser:
     """Denoiser(net, process, prediction) with cfg's preconditioning and (hybrid loss) learned variance."""
     process = build_process(cfg.process)
-    edm = cfg.precondition == "edm"
     return Denoiser(
         net,
         process,
         cfg.prediction,
-        precondition="edm" if edm else None,
+        precondition=None if cfg.precondition == "none" else cfg.precondition,
         sigma_data=getattr(cfg.process, "sigma_data", 0.5),
         learned_variance=cfg.loss.kind == "hybrid",
     )
