@@ -8,13 +8,16 @@ from .classifier import Classifier
 from .dit import DiT
 from .embeddings import TIME_EMBEDDINGS, ClassEmbedding, FourierFeatures, SinusoidalFeatures, TimeEmbedding
 from .mlp import MLP
+from .mmdit import MMDiT
 from .registry import NETS, build_net, count_parameters
 from .unet import UNet
+from .uvit import UViT
 
 __all__ = [
     "Classifier",
     "DiT",
     "MLP",
+    "MMDiT",
     "NETS",
     "TIME_EMBEDDINGS",
     "ClassEmbedding",
@@ -22,6 +25,7 @@ __all__ = [
     "SinusoidalFeatures",
     "TimeEmbedding",
     "UNet",
+    "UViT",
     "build_net",
     "count_parameters",
 ]

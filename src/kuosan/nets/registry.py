@@ -9,11 +9,14 @@ from torch import nn
 from .classifier import Classifier
 from .dit import DiT
 from .mlp import MLP
+from .mmdit import MMDiT
 from .unet import UNet
+from .uvit import UViT
 
 __all__ = ["NETS", "build_net", "count_parameters"]
 
-NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT, "classifier": Classifier}
+NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT, "uvit": UViT, "mmdit": MMDiT,
+                                    "classifier": Classifier}
 
 
 def build_net(kind: str, **kwargs) -> nn.Module:
