@@ -56,3 +56,32 @@ def test_bad_shapes_are_named():
         ae.encode(torch.randn(1, 1, 8, 8))
     with pytest.raises(ValueError, match=r"latents of shape \(batch, 4, 7, 7\)"):
         ae.decode(torch.randn(1, 4, 8, 8))
+
+
+def test_an_autoencoder_run_records_its_latent_scale(tmp_path):
+    """`objective.kind: autoencoder` trains through the ordinary loop; each checkpoint's state records 1/std of the
+    posterior means of the training images (here the 8x8 digits, f = 2), for the raw and the EMA weights."""
+    import kuosan
+    from kuosan.checkpoint import load_checkpoint
+    from kuosan.config import parse_config
+    from kuosan.registry import build_data
+    from kuosan.train import train_from_config
+    from kuosan.train.autoencoder import SCALE_EXAMPLES
+
+    cfg = parse_config({"name": "ae", "out_dir": str(tmp_path / "ae"), "data": {"kind": "digits"},
+                        "net": {"kind": "autoencoder", "latent_channels": 2, "base_channels": 8,
+                                "channel_mults": [1, 2]},
+                        "objective": {"kind": "autoencoder"},
+                        "train": {"steps": 3, "batch_size": 16, "threads": 1, "progress": False, "tensorboard": False}})
+    train_from_config(cfg, log=None)
+    ckpt = load_checkpoint(tmp_path / "ae")
+    scales = ckpt.state["objective"]["latent_scale"]
+    ae = Autoencoder(1, 8, latent_channels=2, base_channels=8, channel_mults=(1, 2))
+    ae.load_state_dict(ckpt.ema)
+    data = build_data(cfg.data, 0)
+    pick = torch.randperm(len(data.x), generator=torch.Generator().manual_seed(0))[:SCALE_EXAMPLES]
+    with torch.no_grad():
+        z = ae.encode(data.x[pick])[0]
+    assert (z * scales["ema"]).std().item() == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="is an autoencoder run"):
+        kuosan.load(tmp_path / "ae")

@@ -454,3 +454,15 @@ def test_float32_network_gets_float32_losses_and_gradients(weighting):
     assert loss.dtype == torch.float32 and loss.shape == (8,) and torch.isfinite(loss).all()
     loss.mean().backward()
     assert net.weight.grad.abs().sum() > 0
+
+
+def test_logitnormal_time_sampling_is_sd3s_on_rectified_flow():
+    """SD3 §3.1: logit(t) ~ N(0, 1) for rectified flow (kuosan draws it as ln(sigma/alpha) ~ N(0, 1))."""
+    from kuosan.losses import sample_t
+    from kuosan.processes import RectifiedFlow
+
+    t, w = sample_t(RectifiedFlow(), 200_000, "logitnormal", torch.Generator().manual_seed(0))
+    logit = torch.log(t / (1 - t))
+    assert abs(logit.mean().item()) < 0.01 and abs(logit.std().item() - 1.0) < 0.01
+    t2, _ = sample_t(RectifiedFlow(), 200_000, "lognormal", torch.Generator().manual_seed(0), P_mean=0.0, P_std=1.0)
+    assert torch.equal(t, t2)

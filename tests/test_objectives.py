@@ -164,3 +164,35 @@ def test_the_loss_sees_dropped_labels_and_the_data_rows(tmp_path):
     rows = x0[:, 0].long()
     kept = y != 4
     assert torch.equal(y[kept], rows[kept] % 4) and 10 < int((~kept).sum()) < 54
+
+
+class TwoRates(SelfDistillation):
+    """SelfDistillation whose first layer trains at `scale` times train.lr (Objective.param_groups)."""
+
+    scale = 1.0
+
+    def param_groups(self):
+        first = list(self.net.parameters())[:2]
+        rest = [p for p in self.net.parameters() if all(p is not q for q in first)]
+        return [{"params": rest}, {"params": first, "lr_scale": self.scale}]
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.0])
+def test_param_groups_scale_the_learning_rate_per_group(tmp_path, scale):
+    """Adam's first step moves every parameter with |grad| >> eps by lr (its m/sqrt(v) = sign(grad)): the group
+    with lr_scale k moves by k lr (k = 0: not at all), the others by lr (warm-up: lr/3 at step 0)."""
+    data = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    cfg = toy_config(steps=1, ckpt_every=0)
+    seed_init(cfg.train.seed)
+    net = build_network(cfg, (2,))
+    torch.manual_seed(123)
+    teacher = build_network(cfg, (2,))
+    before = [p.detach().clone() for p in net.parameters()]
+    obj = TwoRates(cfg, net, teacher)
+    obj.scale = scale
+    meta = {"config": config_dict(cfg), "data_shape": [2], "net": {"kind": "mlp", **net_arguments(cfg, (2,))}}
+    fit(obj, data, cfg.train, tmp_path, meta=meta)
+    moves = [(p.detach() - b).abs().max().item() for p, b in zip(net.parameters(), before, strict=True)]
+    lr0 = cfg.train.lr / 3
+    assert moves[0] == pytest.approx(scale * lr0, rel=1e-3, abs=1e-12)
+    assert max(moves[2:]) == pytest.approx(lr0, rel=1e-3)

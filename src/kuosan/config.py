@@ -126,7 +126,7 @@ class NetConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
-    kind: Literal["mlp", "unet", "dit", "classifier"] = "mlp"
+    kind: Literal["mlp", "unet", "dit", "uvit", "mmdit", "classifier", "autoencoder"] = "mlp"
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -241,7 +241,7 @@ class ArrayData(_DataBase):
 
 DataConfig = _tagged_union(Toy2dData, DigitsData, FolderData, ArrayData, MnistData)
 _TAGS = {"discretevp", "vp", "subvp", "ve", "edm", "rectified_flow", "toy2d", "digits", "folder", "array", "mnist",
-         "denoising", "classifier", "lora", "control", "progressive", "consistency", "lcm", "reflow"}
+         "denoising", "classifier", "lora", "control", "progressive", "consistency", "lcm", "reflow", "autoencoder"}
 
 
 # --- loss, training, sampling -----------------------------------------------------------------------
@@ -250,7 +250,7 @@ class LossConfig(_Strict):
 
     kind: Literal["dsm", "hybrid"] = "dsm"
     weighting: Literal["simple", "sigma2", "likelihood", "edm", "x0", "v", "velocity"] = "simple"
-    time_sampling: Literal["uniform", "importance", "lognormal"] = "uniform"
+    time_sampling: Literal["uniform", "importance", "lognormal", "logitnormal"] = "uniform"
     lam: float = Field(0.001, ge=0)  # weight of L_vlb in the hybrid loss (Nichol & Dhariwal 2021, §3.1)
 
 
@@ -259,8 +259,8 @@ class ObjectiveConfig(_Strict):
     batches, the label replaced by the null class with probability p_uncond (Ho & Salimans 2022,
     arXiv:2207.12598, Alg. 1) so that classifier-free guidance works on conditional runs."""
 
-    kind: Literal["denoising", "classifier", "lora", "control", "progressive", "consistency", "lcm", "reflow"] = (
-        "denoising")
+    kind: Literal["denoising", "classifier", "lora", "control", "progressive", "consistency", "lcm", "reflow",
+                  "autoencoder"] = "denoising"
     p_uncond: float = Field(0.1, ge=0, le=1)
     # --- kind-specific fields below (each kind's own block; others ignore them) ---
     # control (ControlNet, Zhang et al. 2023, arXiv:2302.05543): the condition computed from each x0
@@ -271,8 +271,16 @@ class ObjectiveConfig(_Strict):
     rank: int = Field(4, ge=1)
     alpha: float | None = Field(None, gt=0)
     targets: list[str] | None = None
+    # autoencoder (LDM, Rombach et al. 2022, arXiv:2112.10752, §3): reconstruction summed over pixels + kl_weight * KL
+    kl_weight: float = Field(1e-6, ge=0)
+    reconstruction: Literal["l1", "l2"] = "l1"
     # --- distillation (kuosan.distill; `kuosan distill METHOD TEACHER_RUN`, docs/distill.md) ---
     # progressive (Salimans & Ho 2022, arXiv:2202.00512)
+    # (kuosan.distill.progressive, docs/distill_progressive.md): `rounds` halvings of the teacher's pd_steps DDIM
+    # steps (student: pd_steps / 2^rounds), train.steps split evenly over the rounds; x0 loss weight (§4)
+    rounds: int = Field(3, ge=1)
+    pd_steps: int = Field(16, ge=2)
+    pd_weighting: Literal["truncated-snr", "snr+1"] = "truncated-snr"
     # consistency (Song et al. 2023, arXiv:2303.01469; iCT arXiv:2310.14189; ECT arXiv:2406.14548)
     # (kuosan.distill.consistency, docs/distill_consistency.md): distill = CD (CM Alg. 2, teacher ODE step with
     # the sampler cm_solver), train = CT from scratch (CM Alg. 3 / iCT), tune = ECT from a diffusion teacher
@@ -286,6 +294,7 @@ class ObjectiveConfig(_Strict):
     cm_target_decay: float = Field(0.95, ge=0, lt=1)  # mu of the EMA target theta^-; 0: stop-grad of theta (iCT)
     cm_weighting: Literal["uniform", "ict"] = "uniform"  # ict: 1 / (s_{n+1} - s_n) (iCT §3.4)
     cm_levels: Literal["uniform", "lognormal"] = "uniform"  # lognormal: iCT §3.5 over the discretisation
+    cm_groups: int = Field(0, ge=0)  # distinct level pairs drawn per batch, shared by the rows; 0: one per row
     cm_p_mean: float = -1.1
     cm_p_std: float = Field(2.0, gt=0)
     ect_stages: int = Field(8, ge=1)  # ECT: dt shrinks by ect_q per stage (arXiv:2406.14548 §3.3)
@@ -293,7 +302,25 @@ class ObjectiveConfig(_Strict):
     ect_k: float = Field(8.0, ge=0)  # n(t) = 1 + k sigmoid(-b t)
     ect_b: float = Field(1.0, ge=0)
     # lcm (Luo et al. 2023, arXiv:2310.04378)
-    # reflow (Liu et al. 2022, arXiv:2209.03003)
+    # (kuosan.distill.lcm, docs/distill_lcm.md): w ~ U[w_min, w_max] in kuosan's CFG convention (w = 1: the
+    # conditional model), skip = k teacher steps per solver step, the teacher's one-step solver, the EMA target
+    w_min: float = Field(1.0, ge=0)
+    w_max: float = Field(4.0, ge=0)
+    skip: int = Field(20, ge=1)
+    lcm_solver: Literal["ddim", "dpmpp-2s", "dpm-solver-2"] = "ddim"
+    lcm_distance: Literal["l2", "pseudo-huber"] = "pseudo-huber"
+    lcm_huber_c: float | None = Field(None, gt=0)  # None: 0.00054 sqrt(dim) (iCT §3.3)
+    lcm_target_decay: float = Field(0.95, ge=0, lt=1)  # mu of theta^- <- mu theta^- + (1 - mu) theta (LCM Alg. 1)
+    lcm_w_lr_scale: float = Field(1.0, gt=0)  # learning rate of the w embedding (net.guide) / train.lr
+    # reflow (Liu et al. 2022, arXiv:2209.03003) (kuosan.distill.reflow, docs/distill_reflow.md): rf_stage reflow =
+    # the k-RF on rf_pairs (noise, sample) pairs of the teacher's ODE (sampler rf_pair_method at rf_pair_nfe),
+    # distill = one Euler step from t = 1 onto the pairs (§2.3); rf_init: student from the teacher's weights or not
+    rf_stage: Literal["reflow", "distill"] = "reflow"
+    rf_pairs: int = Field(4096, ge=1)
+    rf_pair_method: str = "heun"  # a deterministic (ODE) sampler of kuosan.samplers.available()
+    rf_pair_nfe: int = Field(35, ge=1)
+    rf_pair_batch: int = Field(500, ge=1)  # pairs generated per teacher batch
+    rf_init: Literal["teacher", "scratch"] = "teacher"
 
 
 class TrainConfig(_Strict):
@@ -357,12 +384,17 @@ class RunConfig(_Strict):
     name: str = "run"
     out_dir: Path | None = None  # default runs/<name>
     prediction: Literal["eps", "x0", "v", "score", "velocity"] | None = None  # default eps (x0 under EDM precond)
-    precondition: Literal["none", "edm", "consistency"] = "none"  # consistency: CM App. C (kuosan.denoiser)
+    precondition: Literal["none", "edm", "consistency", "lcm"] = "none"  # consistency: CM App. C (kuosan.denoiser)
+    # lcm: f = c_skip x + c_out x0(net), the net keeping `prediction` (kuosan.lcm_function)
     process: ProcessConfig = Field(default_factory=DiscreteVPConfig)
     net: NetConfig = Field(default_factory=NetConfig)
     data: DataConfig = Field(default_factory=Toy2dData)
     base: Path | None = None  # adapter runs (objective lora / control): the run whose network they adapt, frozen
     teacher: Path | None = None  # distilled runs (kuosan.distill): the run whose model they learn from, frozen
+    autoencoder: Path | None = None  # latent runs (kuosan.latent): the autoencoder run whose latents they model
+    # latent runs without `autoencoder`: the recipe (or YAML file) of the autoencoder stage, trained first into
+    # <run>/autoencoder
+    autoencoder_recipe: str | None = None
     loss: LossConfig = Field(default_factory=LossConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -370,12 +402,13 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.precondition != "none" and self.prediction not in (None, "x0"):
+        if self.precondition not in ("none", "lcm") and self.prediction not in (None, "x0"):
             raise ValueError(f"precondition {self.precondition!r} makes the network an x0-predictor; got prediction "
                              f"{self.prediction!r}")
-        if (self.net.kind == "classifier") != (self.objective.kind == "classifier"):
-            raise ValueError(f"net.kind 'classifier' and objective.kind 'classifier' go together; got net.kind "
-                             f"{self.net.kind!r} with objective.kind {self.objective.kind!r}")
+        for kind in ("classifier", "autoencoder"):
+            if (self.net.kind == kind) != (self.objective.kind == kind):
+                raise ValueError(f"net.kind {kind!r} and objective.kind {kind!r} go together; got net.kind "
+                                 f"{self.net.kind!r} with objective.kind {self.objective.kind!r}")
         return self
 
     @property

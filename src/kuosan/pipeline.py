@@ -26,6 +26,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import RunConfig, parse_config
 from .control import control_images
 from .denoiser import Denoiser
+from .latent import CODEC_MODULE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .guidance import NoisyClassifier
@@ -101,6 +102,16 @@ class Pipeline:
         self.control_shape: tuple[int, ...] | None = None  # control runs: the condition image's (C, H, W)
         self.control_kind: str | None = None
         self.lora: Any = None  # LoRA runs: the kuosan.nets.lora.LoraAdapter (merge / unmerge / set_scale)
+        self.codec: Any = None  # latent runs: the kuosan.latent.LatentCodec; data_shape is then the latents'
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of what generate returns: the decoded images of a latent run, else data_shape."""
+        return self.codec.image_shape if self.codec is not None else self.data_shape
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Samples in the model's space -> data space (a latent run's decoder; the identity otherwise)."""
+        return z if self.codec is None else self.codec.decode(z)
 
     @property
     def step(self) -> int:
@@ -154,6 +165,12 @@ class Pipeline:
         interval of noise levels sigma/alpha, and rescaled: see Denoiser) and the run's x0 clipping (or
         `clip_x0`) applied. guidance_interval "run": the run's sample.guidance_interval; None: guide everywhere."""
         clip = x0_clipper(clip_x0 or self.config.sample.clip_x0, _range(self.config))
+        if self.config.net.kwargs.get("guidance_embedding"):  # LCM students: w is an input, one evaluation a step
+            from .lcm_function import default_w, embedded_guidance
+
+            o = self.config.objective
+            return embedded_guidance(self.denoiser, guidance, clip, default_w(o.w_min, o.w_max), interval=
+                                     guidance_interval, rescale=guidance_rescale, classifier=classifier)
         changes: dict[str, Any] = {"clip_x0": clip}
         if isinstance(guidance_interval, str):
             if guidance_interval != "run":
@@ -235,7 +252,7 @@ class Pipeline:
                                 cond=cond, **options))
             if progress is not None:
                 progress(k)
-        return torch.cat(out)
+        return self.decode(torch.cat(out))
 
     def img2img(self, images: Tensor, strength: float, method: str | None = None, nfe: int | None = None,
                 seed: int = 0, labels: int | Sequence[int] | Tensor | None = None, guidance: float | None = None,
@@ -258,17 +275,22 @@ class Pipeline:
         2022, arXiv:2204.03458, eq. 7); see kuosan.edit.inpaint."""
         from .edit import inpaint, known_mask
 
+        if self.codec is not None:
+            raise ValueError(f"{self.run_dir} is a latent run: inpainting in latent space is not built (img2img is)")
         known = known_mask(mask, self._images(images))
         return self._edit(lambda den, x, i, **kw: inpaint(den, x, known[i].to(x.device), resample=resample,
                                                           jump=jump, reconstruction=reconstruction, **kw),
                           images, method, nfe, seed, labels, guidance, clip_x0, batch_size, options)
 
     def _images(self, images: Tensor) -> Tensor:
-        """images as float32 on the pipeline's device, checked against the run's data shape and range."""
+        """images as float32 on the pipeline's device, checked against the run's data shape and range (a latent
+        run's images are then encoded)."""
         x = torch.as_tensor(images).to(self.device, torch.float32)
-        if tuple(x.shape[1:]) != self.data_shape or len(x) == 0:
+        if tuple(x.shape[1:]) != self.image_shape or len(x) == 0:
             raise ValueError(f"images of shape {tuple(x.shape)} do not match this run's data: need "
-                             f"(N, {', '.join(map(str, self.data_shape))})")
+                             f"(N, {', '.join(map(str, self.image_shape))})")
+        if self.codec is not None:
+            return self.codec.encode(x)
         lo_hi = _range(self.config)
         if lo_hi is not None and x.abs().max() > lo_hi[1] + 1e-3:
             raise ValueError(f"images must lie in [{lo_hi[0]:g}, {lo_hi[1]:g}] (data space); found "
@@ -288,13 +310,14 @@ class Pipeline:
         for i in range(0, len(x), b):
             sl = slice(i, i + b)
             out.append(run(den, x[sl], sl, generator=g, cond=None if y is None else {"y": y[sl]}, **kw))
-        return torch.cat(out)
+        return self.decode(torch.cat(out))
 
 
 def _range(cfg: RunConfig) -> tuple[float, float] | None:
+    """The range the model's samples lie in: the data's, or none for a latent run's latents."""
     from .registry import data_range
 
-    return data_range(cfg.data)
+    return None if cfg.autoencoder is not None else data_range(cfg.data)
 
 
 def load_config_of(ckpt: Checkpoint) -> RunConfig:
@@ -331,13 +354,21 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "auto"
     if cfg.objective.kind == "classifier":
         raise ValueError(f"{ckpt.path} is a classifier run (objective kind 'classifier'): load it with "
                          "kuosan.load_classifier, or guide a diffusion run with it (--classifier)")
+    if cfg.objective.kind == "autoencoder":
+        raise ValueError(f"{ckpt.path} is an autoencoder run (objective kind 'autoencoder'): it has no diffusion "
+                         "model to sample; it is the first stage of a latent diffusion run")
     if cfg.base is not None:  # an adapter run: the base run's network with this run's weights applied
         return _load_adapted(ckpt, cfg, ema, dev)
     net = build_net(**_net_kwargs(ckpt.state))
     weights = ckpt.ema if ema and ckpt.ema is not None else ckpt.weights
     net.load_state_dict(weights)
     net.to(dev).eval().requires_grad_(False)
-    return Pipeline(build_denoiser(cfg, net), cfg, ckpt, device=dev)
+    pipe = Pipeline(build_denoiser(cfg, net), cfg, ckpt, device=dev)
+    if CODEC_MODULE in ckpt.state:  # a latent run: the autoencoder it carries (kuosan/latent.py)
+        from .latent import codec_from_checkpoint
+
+        pipe.codec = codec_from_checkpoint(ckpt, dev)
+    return pipe
 
 
 def _load_adapted(ckpt: Checkpoint, cfg: RunConfig, ema: bool, dev: torch.device) -> Pipeline:

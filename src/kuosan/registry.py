@@ -197,6 +197,10 @@ def build_network(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int 
 def build_denoiser(cfg: RunConfig, net: nn.Module) -> Denoiser:
     """Denoiser(net, process, prediction) with cfg's preconditioning and (hybrid loss) learned variance."""
     process = build_process(cfg.process)
+    if cfg.precondition == "lcm":  # LCM students: f = c_skip x + c_out x0(net), the net keeping its kind
+        from .lcm_function import lcm_denoiser
+
+        return lcm_denoiser(net, process, cfg.prediction or "eps")
     return Denoiser(
         net,
         process,

@@ -47,9 +47,10 @@ def train(
     if int(os.environ.get("RANK", "0")) == 0:
         verb = "interrupted at" if result.interrupted else "trained to"
         out.print(f"{verb} step {result.step}; checkpoint {result.checkpoint}")
-        clf = cfg.objective.kind == "classifier"
-        use = f"guide a run with it: kuosan sample RUN --classifier {cfg.run_dir}" if clf else \
-            f"sample it with: kuosan sample {cfg.run_dir}"
+        use = {"classifier": f"guide a run with it: kuosan sample RUN --classifier {cfg.run_dir}",
+               "autoencoder": "an autoencoder: the first stage of a latent diffusion run (its latent scale is in "
+                              "each checkpoint's state.json)"}.get(cfg.objective.kind,
+                                                                   f"sample it with: kuosan sample {cfg.run_dir}")
         more = f"; continue it with: kuosan train --resume --out {cfg.run_dir}" if result.interrupted else ""
         out.print(use + more)
     if result.interrupted:

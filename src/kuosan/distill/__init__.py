@@ -37,10 +37,13 @@ def _module(method: str) -> Any:
 
 
 def _merge(tree: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    """tree with updates merged in section by section (a nested dict merges; anything else replaces)."""
+    """tree with updates merged in section by section (a nested dict merges, unless it names another `kind`: a
+    section of another kind, e.g. process edm -> rectified_flow, replaces the old one; anything else replaces)."""
     out = dict(tree)
     for k, v in updates.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        same_kind = isinstance(old, dict) and isinstance(v, dict) and v.get("kind", old.get("kind")) == old.get("kind")
+        out[k] = _merge(old, v) if same_kind else v
     return out
 
 
@@ -69,6 +72,10 @@ def distill_config(method: str, teacher: str | Path, overrides: list[str] | None
     tree["objective"] = {"kind": method, "p_uncond": tcfg.objective.p_uncond}
     tree = _merge(tree, mod.defaults(tcfg))
     apply_overrides(tree, list(overrides or []))
+    if hasattr(mod, "after_overrides"):  # defaults that follow from an overridden field (reflow: the stage's sampler)
+        tree = mod.after_overrides(tree, list(overrides or []))
+    if hasattr(mod, "resolve"):  # settings that follow from the overrides (progressive: sample.nfe from rounds)
+        mod.resolve(tree, list(overrides or []))
     if out_dir is not None:
         tree["out_dir"] = str(out_dir)
     return parse_config(tree, f"kuosan distill {method} {teacher}")

@@ -211,10 +211,12 @@ def draw_samples(
     device: torch.device | str = "cpu",
     num_classes: int | None = None,
     progress: bool = True,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """shape[0] samples by `method` (a sampler spec, see parse_sampler) with an `nfe` budget, in batches;
     returns (x, {nfe_used, seconds}). A class-conditional model (num_classes) gets the classes in turn,
-    y = i mod num_classes. progress: a bar (stderr) counting network evaluations."""
+    y = i mod num_classes. progress: a bar (stderr) counting network evaluations. decode: latents -> images for
+    a latent run (kuosan.latent; its decoding time is counted)."""
     from tqdm.auto import tqdm
 
     from ..pipeline import generate
@@ -232,8 +234,9 @@ def draw_samples(
         b = min(batch_size, n - i)
         cond = {"y": torch.arange(i, i + b, device=device) % num_classes} if num_classes else None
         tick = (lambda step, k=k: bar.update(k * nfe + denoiser.nfe - bar.n)) if progress else None
-        batches.append(generate(denoiser, (b, *shape[1:]), method=method, nfe=nfe, generator=g, device=device,
-                                cond=cond, callback=tick, **options).cpu())
+        x = generate(denoiser, (b, *shape[1:]), method=method, nfe=nfe, generator=g, device=device, cond=cond,
+                     callback=tick, **options)
+        batches.append((x if decode is None else decode(x)).cpu())
         evaluations = max(evaluations, denoiser.nfe)
     bar.close()
     seconds = time.perf_counter() - start

@@ -138,16 +138,19 @@ def evaluate(
     num_classes: int | None = None,
     guided: Mapping[float, Any] | None = None,
     log: Callable[[str], None] = print,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Score `denoiser` against `ref` for every sampler and NFE, write report.md/json and figures into `out`.
     nfes: one list for every sampler, or {sampler: list} ("*": the list of samplers not named).
     guided: {w: the model under classifier-free guidance w} to score instead of `denoiser`, one set of rows per
-    w, plus the trade-off of FD against class accuracy (Ho & Salimans 2022, arXiv:2207.12598, Fig. 2)."""
+    w, plus the trade-off of FD against class accuracy (Ho & Salimans 2022, arXiv:2207.12598, Fig. 2).
+    decode: a latent run's decoder; data_shape is then the latents' and ref holds images."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     floor = quality(ref.heldout, ref)
     log(f"{name}: {len(ref.heldout)} held-out vs {len(ref.train)} training samples: FD {floor['fd']:.3f}")
-    draw_kw = {"seed": seed, "batch_size": batch_size, "device": device, "num_classes": num_classes}
+    draw_kw = {"seed": seed, "batch_size": batch_size, "device": device, "num_classes": num_classes,
+               "decode": decode}
     meta = meta or {}
     tag = None  # None: never reuse saved samples
     if "checkpoint" in meta:
@@ -179,6 +182,8 @@ def evaluate(
     }
     if nll and num_classes:
         report["nll"] = {"skipped": "likelihoods are computed for unconditional models only"}
+    elif nll and decode is not None:
+        report["nll"] = {"skipped": "a latent run has no likelihood of the images (only a bound through the decoder)"}
     elif nll:
         from .nll import heldout_nll
 
@@ -217,8 +222,8 @@ def run_eval(
 
     pipe = load(checkpoint, ema=ema, device=device)
     denoiser, cfg, ckpt, dev = pipe.model(clip_x0=clip_x0), pipe.config, pipe.checkpoint, pipe.device
-    data_shape = pipe.data_shape
-    ref = build_reference(cfg, data_shape, inception=inception, seed=seed, class_names=pipe.class_names)
+    data_shape = pipe.data_shape  # a latent run: the latents', and samples are decoded to pipe.image_shape
+    ref = build_reference(cfg, pipe.image_shape, inception=inception, seed=seed, class_names=pipe.class_names)
     clip = clip_x0 or cfg.sample.clip_x0
     meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "ema": ema, "clip_x0": clip,
             "process": cfg.process.model_dump(mode="json")}
@@ -229,4 +234,4 @@ def run_eval(
     return evaluate(denoiser, ref, data_shape, out if out is not None else ckpt.path.parents[1] / "eval",
                     samplers, nfes, n, nll, name=f"{pipe.run_dir.name} (step {ckpt.step})", meta=meta, seed=seed,
                     batch_size=batch_size, nll_n=nll_n, device=dev, num_classes=ckpt.state.get("num_classes"),
-                    guided=guided, log=log)
+                    guided=guided, log=log, decode=None if pipe.codec is None else pipe.decode)

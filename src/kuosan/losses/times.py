@@ -13,6 +13,9 @@ Every proposal density is known exactly (no approximation in w), so the estimate
     lognormal   EDM's ln(sigma/alpha) ~ N(P_mean, P_std^2) (Karras et al. 2022, arXiv:2206.00364, Table 1),
                 truncated to the process's range and mapped to t by t_of_log_snr. EDM trains on this
                 distribution *as its objective*: `dsm_loss` does not reweight it (see REWEIGHTED).
+    logitnormal SD3's logit(t) ~ N(m, s^2) for rectified flow (Esser et al. 2024, arXiv:2403.03206, §3.1, eq. 19,
+                m = 0, s = 1). Rectified flow's log-SNR is lambda = log((1 - t)/t) = -logit(t), so this is the
+                lognormal kind with P_mean = m, P_std = s, and so defined for every process; not reweighted either.
 
 On a discrete-time process (one exposing `n` and `t_of_index`, like DiscreteVP) the non-uniform kinds draw
 grid times with probabilities proportional to the same densities evaluated on the grid.
@@ -119,6 +122,8 @@ TIME_SAMPLINGS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "uniform": _uniform,
     "importance": _importance,
     "lognormal": _lognormal,
+    "logitnormal": lambda process, n, generator, dtype, device, P_mean=0.0, P_std=1.0, **_: _lognormal(
+        process, n, generator, dtype, device, P_mean, P_std),
 }
 
 
@@ -134,7 +139,8 @@ def sample_t(
 ) -> tuple[Tensor, Tensor]:
     """n training times and their weights w = p_uniform / p_kind (book §4.3.4; Song et al. 2021, arXiv:2101.09258, §5).
 
-    kind: "uniform" | "importance" (t ∝ g^2/sigma^2) | "lognormal" (EDM; keywords P_mean=-1.2, P_std=1.2).
+    kind: "uniform" | "importance" (t ∝ g^2/sigma^2) | "lognormal" (EDM; keywords P_mean=-1.2, P_std=1.2) |
+    "logitnormal" (SD3; the same with P_mean=0, P_std=1 by default).
     "importance" also takes n_grid (cells of its numerical inverse CDF, default 4096).
     Returns t (n,) and w (n,) with E[w loss(t)] = the uniform-t objective.
     """

@@ -18,9 +18,12 @@ __all__ = [
     "TIME_EMBEDDINGS",
     "ClassEmbedding",
     "FourierFeatures",
+    "GuidanceEmbedding",
     "SinusoidalFeatures",
     "TimeEmbedding",
     "embed",
+    "embed_time",
+    "guidance",
     "time_features",
 ]
 
@@ -94,17 +97,49 @@ class ClassEmbedding(nn.Module):
         return self.table(y.long())
 
 
-def embed(
-    t: Tensor, y: Tensor | None, x: Tensor, time: TimeEmbedding, label: ClassEmbedding | None
-) -> Tensor:
-    """time(t) + label(y): the conditioning vector (B, dim) of every net; checks shapes and misuse of y."""
+class GuidanceEmbedding(nn.Module):
+    """The guidance scale w embedded like the time (LCM, Luo et al. 2023, arXiv:2310.04378, §4.2; book §4.7.1):
+    sinusoidal features of w (scale 1000, as diffusers' get_guidance_scale_embedding) -> Linear-SiLU-Linear, the
+    last Linear zero-initialised so that a student initialised from its teacher starts as the teacher at every w."""
+
+    def __init__(self, freq_dim: int, dim: int):
+        super().__init__()
+        self.features = SinusoidalFeatures(freq_dim, 1000.0)
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, w: Tensor | float | None, x: Tensor) -> Tensor:  # -> (B, dim)
+        if w is None:
+            raise ValueError("this network embeds the guidance scale (guidance_embedding=True): pass w=")
+        w = torch.as_tensor(w, device=x.device)
+        return self.mlp(self.features(w.expand(x.shape[0]) if w.ndim == 0 else w).to(x.dtype))
+
+
+def guidance(guide: GuidanceEmbedding | None, w: Tensor | float | None, x: Tensor) -> Tensor:
+    """guide(w): the guidance-scale embedding (B, dim); an error if w is given to a net built without one."""
+    if guide is None:
+        raise ValueError("a guidance scale w was given but the net was built with guidance_embedding=False")
+    return guide(w, x)
+
+
+def embed_time(t: Tensor | float, x: Tensor, time: TimeEmbedding) -> Tensor:
+    """time(t) (B, dim) in x's dtype, t a scalar or (batch,) tensor (anything else is refused by shape)."""
     B = x.shape[0]
     t = torch.as_tensor(t, device=x.device)
     if t.ndim == 0:
         t = t.expand(B)
     if t.shape != (B,):
         raise ValueError(f"t must have shape (batch,) = ({B},); got {tuple(t.shape)}")
-    emb = time(t, x.dtype)
+    return time(t, x.dtype)
+
+
+def embed(
+    t: Tensor, y: Tensor | None, x: Tensor, time: TimeEmbedding, label: ClassEmbedding | None
+) -> Tensor:
+    """time(t) + label(y): the conditioning vector (B, dim) of every net; checks shapes and misuse of y."""
+    B = x.shape[0]
+    emb = embed_time(t, x, time)
     if label is not None:
         emb = emb + label(y, B, x.device)
     elif y is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .embeddings import ClassEmbedding, TimeEmbedding, embed
+from .embeddings import ClassEmbedding, GuidanceEmbedding, TimeEmbedding, embed, guidance
 
 __all__ = ["MLP"]
 
@@ -33,6 +33,7 @@ class MLP(nn.Module):
         time_embedding: "sinusoidal" (of time_scale * t) or "fourier" (Gaussian Fourier features of t).
         num_classes: class conditioning; label `num_classes` is the null class (classifier-free guidance).
         out_mult: output channels per input feature (1, or 2 for [prediction, variance]).
+        guidance_embedding: embed a guidance scale w (forward's `w`) into the time embedding (LCM students).
     """
 
     def __init__(
@@ -44,19 +45,24 @@ class MLP(nn.Module):
         num_classes: int | None = None,
         out_mult: int = 1,
         time_scale: float = 1000.0,
+        guidance_embedding: bool = False,
     ):
         super().__init__()
         self.dim, self.out_mult = dim, out_mult
         self.time = TimeEmbedding(hidden, hidden, time_embedding, time_scale)
         self.label = ClassEmbedding(num_classes, hidden) if num_classes else None
+        self.guide = GuidanceEmbedding(hidden, hidden) if guidance_embedding else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, out_mult * dim))
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, w: Tensor | float | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP(dim={self.dim}) takes x of shape (batch, {self.dim}); got {tuple(x.shape)}")
-        emb = torch.nn.functional.silu(embed(t, y, x, self.time, self.label))  # (B, hidden)
+        emb = embed(t, y, x, self.time, self.label)  # (B, hidden)
+        if self.guide is not None or w is not None:  # LCM's guidance-scale embedding, added like the time's
+            emb = emb + guidance(self.guide, w, x)
+        emb = torch.nn.functional.silu(emb)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -6,6 +6,7 @@ import inspect
 
 from torch import nn
 
+from .autoencoder import Autoencoder
 from .classifier import Classifier
 from .dit import DiT
 from .mlp import MLP
@@ -16,7 +17,7 @@ from .uvit import UViT
 __all__ = ["NETS", "build_net", "count_parameters"]
 
 NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT, "uvit": UViT, "mmdit": MMDiT,
-                                    "classifier": Classifier}
+                                    "classifier": Classifier, "autoencoder": Autoencoder}
 
 
 def build_net(kind: str, **kwargs) -> nn.Module:

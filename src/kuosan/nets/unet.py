@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import ClassEmbedding, TimeEmbedding, embed
+from .embeddings import ClassEmbedding, GuidanceEmbedding, TimeEmbedding, embed, guidance
 
 __all__ = ["UNet"]
 
@@ -220,6 +220,8 @@ class UNet(nn.Module):
             the largest divisor <= 32 with >= 4 channels per group (32 ch -> 8, 64 -> 16, 128+ -> 32).
         image_size: the input side. scale_shift: FiLM conditioning (improved DDPM) instead of an added bias.
         attention_head_dim: channels per head; None = one head per attention layer (DDPM).
+        guidance_embedding: embed a guidance scale w (forward's `w`) and add it to the time embedding (LCM students,
+            kuosan.distill.lcm; zero-initialised: the net starts as one without it).
 
     The automatic layout (channel_mults / attention_resolutions = None, image_size given): levels halve while
     the side is even and >= 8, at most 4 levels, so odd sides end the descent and skips always match
@@ -246,6 +248,7 @@ class UNet(nn.Module):
         scale_shift: bool = False,
         attention_head_dim: int | None = None,
         time_scale: float = 1000.0,
+        guidance_embedding: bool = False,
     ):
         super().__init__()
         channel_mults, attention_resolutions = resolve_layout(image_size, channel_mults, attention_resolutions)
@@ -255,6 +258,7 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.time = TimeEmbedding(base_channels, emb_dim, time_embedding, time_scale)
         self.label = ClassEmbedding(num_classes, emb_dim) if num_classes else None
+        self.guide = GuidanceEmbedding(base_channels, emb_dim) if guidance_embedding else None
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, emb_dim, groups, dropout, scale_shift)
@@ -287,14 +291,18 @@ class UNet(nn.Module):
         if groups is not None:
             warn_single_channel_groups(self, groups)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, control: list[Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, control: list[Tensor] | None = None,
+                w: Tensor | float | None = None) -> Tensor:
         """control: ControlNet residuals (nets/control.py), one per skip in push order then the middle's, added to
         the skips and the middle output; None leaves the forward pass untouched."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet takes x of shape (batch, {self.in_channels}, H, W); got {tuple(x.shape)}")
         if x.shape[-1] % 2 ** (self.levels - 1) or x.shape[-2] % 2 ** (self.levels - 1):
             raise ValueError(f"H and W must divide by 2^{self.levels - 1} ({self.levels} levels); got {tuple(x.shape)}")
-        emb = F.silu(embed(t, y, x, self.time, self.label))  # (B, 4 * base)
+        emb = embed(t, y, x, self.time, self.label)  # (B, 4 * base)
+        if self.guide is not None or w is not None:  # LCM's guidance-scale embedding, added like the time's
+            emb = emb + guidance(self.guide, w, x)
+        emb = F.silu(emb)
         h, hs = encode(self.conv_in(x), emb, self.down, self.mid)
         if control is not None:
             h, hs = self._add_control(h, hs, control)

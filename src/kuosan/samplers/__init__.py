@@ -27,7 +27,7 @@ from .analytic import GammaTable, estimate_gamma, sample_analytic_ddim, sample_a
 from .ancestral import sample_ancestral
 from .common import BudgetExceeded, Callback, SamplerCache, Step, dynamic_threshold, schedule
 from .consistency import sample_consistency
-from .dpm_solver import sample_ddim, sample_dpm_solver, sample_dpmpp_2s, singlestep_orders
+from .dpm_solver import sample_ddim, sample_ddim_x0, sample_dpm_solver, sample_dpmpp_2s, singlestep_orders
 from .flow import sample_flow_euler, sample_flow_midpoint
 from .grid import default_grid, make_ts
 from .langevin import sample_ald
@@ -45,6 +45,7 @@ __all__ = [
     "sample_ddim", "sample_dpm_solver", "sample_dpmpp_2s", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde",
     "sample_unipc", "sample_eabm", "sample_analytic_ddpm", "sample_analytic_ddim", "sample_flow_euler",
     "sample_flow_midpoint", "sample_consistency", "resolve", "Resolved", "NoEquivalent", "optimize_grid",
+    "sample_ddim_x0",
 ]
 
 # A plan maps (evaluation budget or None, number of steps or None, does the grid start at alpha = 0, options)
@@ -150,6 +151,8 @@ METHODS: dict[str, Method] = {
                    "§4.3, eq. 4.40", _rk45_plan, ("uniform",)),
     "ddim": Method(sample_ddim, "dpm_solver", 1, "1", "Song et al. 2021, arXiv:2010.02502, eq. 12",
                    "DDIM", _fixed(1), ("uniform", "logsnr")),
+    "ddim-x0": Method(sample_ddim_x0, "dpm_solver", 1, "1", "Salimans & Ho 2022, arXiv:2202.00512, Alg. 2 (DDIM, "
+                      "last step to x0)", "§4.6.3", _fixed(1), ("uniform", "logsnr"), final_denoise=False),
     "dpm-solver-1": Method(sample_dpm_solver, "dpm_solver", 1, "1", "Lu et al. 2022, arXiv:2206.00927, eq. 3.7",
                            "DPM-Solver", _per_step_orders(1, _singlestep(1)), _EXP_GRIDS),
     "dpm-solver-2": Method(sample_dpm_solver, "dpm_solver", 2, "2", "Lu et al. 2022, arXiv:2206.00927, Alg. 1",

@@ -23,7 +23,8 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from .common import Callback, Model, SamplerCache, grid_key, memo, noise, report, schedule
 
-__all__ = ["sample_ddim", "sample_dpm_solver", "sample_dpmpp_2s", "posterior_coefficients", "singlestep_orders"]
+__all__ = ["sample_ddim", "sample_ddim_x0", "sample_dpm_solver", "sample_dpmpp_2s", "posterior_coefficients",
+           "singlestep_orders"]
 
 
 def posterior_coefficients(process, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -72,6 +73,24 @@ def sample_ddim(
             x = x + math.sqrt(c2[i]) * noise(x, generator)
         report(callback, i, ts[i + 1], x, x0)
     return model.x0(x, n) if denoise else x
+
+
+def sample_ddim_x0(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    denoise: bool = False,
+    cond: dict[str, Any] | None = None,
+    cache: SamplerCache | None = None,
+) -> Tensor:
+    """DDIM whose last step lands on x0 (Salimans & Ho 2022, arXiv:2202.00512, Alg. 2: the grid t_i = i/N ends at
+    t = 0): the grid's last time (t_min) stands for sigma = 0, so n steps cost n evaluations and return the x0
+    predicted at ts[-2]; a progressive-distillation student's sampler (kuosan.distill.progressive)."""
+    return sample_ddim(denoiser, x, ts[:-1], generator=generator, callback=callback, denoise=True, cond=cond,
+                       cache=cache)
 
 
 # --- the coefficients of one singlestep ----------------------------------------------------------------------

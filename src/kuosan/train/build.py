@@ -48,6 +48,10 @@ def build_objective(cfg: RunConfig, net: nn.Module, data: Dataset) -> Objective:
         from .classifier import build_classifier_objective
 
         return build_classifier_objective(cfg, net, data)
+    if cfg.objective.kind == "autoencoder":  # the KL autoencoder of latent diffusion (train/autoencoder.py)
+        from .autoencoder import build_autoencoder_objective
+
+        return build_autoencoder_objective(cfg, net, data)
     if cfg.objective.kind == "control":  # ControlNet: `net` is the frozen base U-Net, the branch is trained
         from .control import build_control_objective
 
@@ -98,7 +102,17 @@ def train_from_config(
         from .finetune import load_base
 
         base = load_base(cfg)
+    if cfg.autoencoder is None and cfg.autoencoder_recipe is not None:  # latent run: its autoencoder stage first
+        from .autoencoder import train_first_stage
+
+        cfg = train_first_stage(cfg, log)
     data = build_data(cfg.data, cfg.train.seed)
+    codec = None
+    if cfg.autoencoder is not None:  # latent diffusion: the model learns the autoencoder's scaled latents
+        from ..latent import latent_dataset, load_codec
+
+        codec = load_codec(cfg.autoencoder)
+        data = latent_dataset(data, codec)
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 writes
     if log is not None and main and (data.summary or data.skipped):
         log(data.summary or f"skipped {len(data.skipped)} file(s): {', '.join(data.skipped[:5])}")
@@ -108,6 +122,7 @@ def train_from_config(
 
         objective = build_distillation(cfg, data)
         net = objective.net
+        data = getattr(objective, "train_data", None) or data  # reflow: the (noise, sample) pairs it indexes
     else:
         net = build_network(cfg, data.shape, data.num_classes) if base is None else base
         objective = build_objective(cfg, net, data)
@@ -117,5 +132,10 @@ def train_from_config(
         save_config(cfg, run_dir / "config.yaml")
         if data.skipped:
             (run_dir / "skipped_files.txt").write_text("\n".join(data.skipped) + "\n", encoding="utf-8")
-    return fit(objective, data, cfg.train, run_dir, sample=cfg.sample,
-               meta=run_meta(cfg, data, net), resume=resume)
+    meta = run_meta(cfg, data, net)
+    if codec is not None:  # the run carries its autoencoder: weights as a checkpoint module, settings in state
+        from ..latent import CODEC_MODULE
+
+        objective.carry(CODEC_MODULE, codec.ae)
+        objective.decode, meta[CODEC_MODULE] = codec.decode, codec.record()
+    return fit(objective, data, cfg.train, run_dir, sample=cfg.sample, meta=meta, resume=resume)

@@ -91,10 +91,12 @@ class _Run:
         self.net = objective.net
         objective.bind(dist.wrap(self.net))
         self.ema = EMA(self.net, opts.ema_decay, opts.ema_warmup)
-        self.params = list(objective.parameters())
+        groups = [{"params": list(g["params"]), "lr_scale": float(g.get("lr_scale", 1.0))}
+                  for g in objective.param_groups()]
+        self.params = [p for g in groups for p in g["params"]]
         if not self.params:
             raise ValueError(f"the {objective.kind} objective has no trainable parameters")
-        self.opt = torch.optim.AdamW(self.params, lr=opts.lr, weight_decay=opts.weight_decay)
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=opts.lr, weight_decay=opts.weight_decay)
         self.step = 0
         self.last_ckpt: Path | None = None
 
@@ -120,6 +122,7 @@ class _Run:
 
     def save(self) -> Path:
         if self.dist.main:
+            self.obj.before_save(self.ema.module)
             save_checkpoint(
                 self.run_dir / "checkpoints",
                 self.step,
@@ -162,7 +165,7 @@ class _Run:
         seed_everything(o.seed, n, d.rank)
         g = step_generator(o.seed, n, "noise", d.rank, d.device)
         for group in self.opt.param_groups:
-            group["lr"] = learning_rate(o, n)
+            group["lr"] = learning_rate(o, n) * group.get("lr_scale", 1.0)  # Objective.param_groups' scale
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=o.bf16):
             loss = self.obj.loss(batch, g).float().mean()
         flags = d.all_sum(torch.stack([loss.detach(), torch.tensor(float(stop.requested), device=d.device)]))
@@ -180,6 +183,8 @@ class _Run:
         self.ema.update(self.net)
         self.obj.after_step()
         self.step = n + 1
+        if self.obj.restart(self.step, self.ema):  # a new stage: fresh Adam moments (progressive distillation)
+            self.opt.state.clear()
         return mean_loss, grad_norm, stop_now
 
     def preview(self, data: Dataset, sample: SampleConfig) -> Path | None:
@@ -193,6 +198,8 @@ class _Run:
         cond = {"y": torch.arange(sample.n, device=self.dist.device) % k} if k else None
         x = generate(den, (sample.n, *data.shape), method=sample.method, nfe=sample.nfe, generator=g,
                      device=self.dist.device, cond=cond)
+        if self.obj.decode is not None:  # a latent run: its preview shows the decoded images
+            x = self.obj.decode(x)
         ref = data.x[:2000] if data.x.ndim == 2 else None
         title = f"{self.run_dir.name}: step {self.step}, {sample.method} ({sample.nfe} NFE)"
         return save_samples(x, self.run_dir / "samples" / f"step-{self.step:08d}.png", ref, title)

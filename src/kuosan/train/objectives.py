@@ -40,11 +40,19 @@ class Objective:
         self.model: nn.Module = net  # the online net as the loop runs it (wrapped by DDP under torchrun)
         self.frozen: dict[str, nn.Module] = {}
         self.targets: dict[str, EMA] = {}
+        self.carried: dict[str, nn.Module] = {}  # frozen and saved with every checkpoint (a latent run's autoencoder)
+        self.decode: Callable[[Tensor], Tensor] | None = None  # latent runs: latents -> images for previews
 
     # --- what is trained, frozen, tracked ---------------------------------------------------------------
     def parameters(self) -> Iterator[nn.Parameter]:
         """The parameters the optimizer updates (default: every parameter of `net` that requires grad)."""
         return (p for p in self.net.parameters() if p.requires_grad)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups, [{"params": [...], "lr_scale": k}, ...]: each group's learning rate
+        is the schedule's times its lr_scale (default: one group of `parameters()` at scale 1; the first group's
+        lr is the one logged)."""
+        return [{"params": list(self.parameters()), "lr_scale": 1.0}]
 
     def add_target(self, name: str, decay: float) -> EMA:
         """A target network: a frozen copy of `net` following it by an EMA of rate `decay` (no warm-up)."""
@@ -56,12 +64,20 @@ class Objective:
         self.frozen[name] = module.eval().requires_grad_(False)
         return module
 
+    def carry(self, name: str, module: nn.Module) -> nn.Module:
+        """A frozen module saved as checkpoint module `name` (name.safetensors) but never trained or used by the
+        loss: what a run needs at sampling time besides its network (a latent run's autoencoder)."""
+        self.carried[name] = module.eval().requires_grad_(False)
+        return module
+
     def to(self, device: torch.device | str) -> Objective:
         self.net.to(device)
         for m in self.frozen.values():
             m.to(device)
         for t in self.targets.values():
             t.module.to(device)
+        for m in self.carried.values():
+            m.to(device)
         return self
 
     def bind(self, model: nn.Module) -> None:
@@ -83,15 +99,24 @@ class Objective:
         for t in self.targets.values():
             t.update(self.net)
 
+    def restart(self, step: int, ema: EMA) -> bool:
+        """After optimizer step `step` (1-based): True if the objective began a new stage (a progressive-distillation
+        round) and re-initialised `net` and the loop's `ema` itself; the loop then clears the optimizer's moments."""
+        return False
+
     # --- saving and sampling ----------------------------------------------------------------------------
+    def before_save(self, ema: nn.Module) -> None:
+        """Called before each checkpoint with the EMA copy of `net` (e.g. to measure a figure `state` records)."""
+
     def state(self) -> dict[str, Any]:
         """What the checkpoint records about the objective besides tensors."""
         return {"kind": self.kind, "targets": {k: {"decay": t.decay, "updates": t.updates}
                                                for k, t in self.targets.items()}}
 
     def module_states(self) -> dict[str, dict[str, Tensor]]:
-        """Further tensors to checkpoint: each target as target_<name>."""
-        return {f"target_{k}": t.module.state_dict() for k, t in self.targets.items()}
+        """Further tensors to checkpoint: each target as target_<name>, each carried module under its name."""
+        return {**{f"target_{k}": t.module.state_dict() for k, t in self.targets.items()},
+                **{k: m.state_dict() for k, m in self.carried.items()}}
 
     def load_module_states(self, modules: dict[str, dict[str, Tensor]], state: dict[str, Any]) -> None:
         """Restore the targets from a checkpoint written by `module_states` / `state`."""

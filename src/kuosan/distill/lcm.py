@@ -1,0 +1,184 @@
+"""Latent consistency distillation (Luo et al. 2023, arXiv:2310.04378, Alg. 1; book §4.7.1, eqs. 4.42-4.47 and
+Algorithm 1), here wherever x lives (pixels of the 8x8 digits, or a latent space): a guidance-scale-conditioned
+consistency function f_theta(x, w, c, t) (kuosan.lcm_function) learns, from a class-conditional teacher with
+classifier-free guidance, to map x_{t_{n+k}} to the endpoint of the teacher's guided PF-ODE trajectory.
+
+Each step (Algorithm 1), with kuosan's CFG convention out_u + w (out_c - out_u) (w = 1: conditional model):
+    x0, c ~ data;  n uniform on the skipping grid;  w ~ U[w_min, w_max];  x_{t_{n+k}} ~ q(x_{t_{n+k}} | x0)
+    x^_{t_n} = x_{t_{n+k}} + w Psi(x_{t_{n+k}}, t_{n+k}, t_n, c) + (1 - w) Psi(x_{t_{n+k}}, t_{n+k}, t_n, null)
+    loss = d(f_theta(x_{t_{n+k}}, w, c, t_{n+k}), f_theta^-(x^_{t_n}, w, c, t_n))
+    theta^- <- stopgrad(mu theta^- + (1 - mu) theta)                         (mu = lcm_target_decay, LCM: 0.95)
+The paper's eq. 4.47 is x^ = x + (1 + omega) Psi(c) - omega Psi(null) with omega its guidance scale: omega =
+w - 1, so `--guidance W` of the student means the teacher's `--guidance W` (the paper's omega = W - 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..denoiser import Denoiser
+from ..lcm_function import default_w, lcm_denoiser, lcm_time, timestep_count, with_guidance_scale
+from ..train.objectives import Objective
+from . import teacher_record
+
+__all__ = ["LCMObjective", "cfg_solver_step", "skipping_grid", "pseudo_huber", "defaults", "build"]
+
+
+def defaults(teacher_cfg: Any) -> dict[str, Any]:
+    """The student config from a class-conditional teacher's: LCM's boundary wrapper over the teacher's network
+    (plus the zero-initialised w embedding), the LCM objective, and the multistep consistency sampler at 4 steps."""
+    _check_teacher_config(teacher_cfg)
+    return {
+        "precondition": "lcm",
+        "net": {"guidance_embedding": True},
+        "objective": {"p_uncond": 0.0},  # c is always the label: the student learns f for real classes only
+        "train": {"steps": 1000, "batch_size": 64, "lr": 2e-4, "warmup": 0, "schedule": "constant",
+                  "ema_decay": 0.99, "ckpt_every": 500, "sample_every": 0},
+        "sample": {"method": "consistency", "nfe": 4, "guidance_interval": None},
+    }
+
+
+def _check_teacher_config(tcfg: Any) -> None:
+    name = tcfg.out_dir or tcfg.name
+    if not getattr(tcfg.data, "conditional", False):
+        raise ValueError(f"LCM distils a class-conditional teacher with classifier-free guidance (e.g. recipe "
+                         f"digits-cond); {name} has no classes")
+    if tcfg.objective.p_uncond <= 0:
+        raise ValueError(f"LCM needs the teacher's unconditional model for classifier-free guidance; {name} was "
+                         "trained without label dropout (objective.p_uncond = 0)")
+    if tcfg.precondition != "none" or tcfg.loss.kind == "hybrid":
+        raise ValueError(f"LCM wraps the teacher's network as it is: {name} has precondition "
+                         f"{tcfg.precondition!r} / loss {tcfg.loss.kind!r}; distil a plain eps/x0/v teacher")
+
+
+def skipping_grid(process: Any, k: int) -> tuple[Tensor, Tensor]:
+    """LCM's skipping-step grid (Alg. 1; diffusers' DDIMSolver): start indices t'_{n+k} = jk - 1, j = 1 .. N // k,
+    ends t'_n = max(t'_{n+k} - k, 0), as continuous times (float64): (t_{n+k}, t_n), t_n = t_min at the bottom."""
+    n = timestep_count(process)
+    if not 1 <= k < n:
+        raise ValueError(f"objective.skip = {k}: the skipping interval must lie in 1 .. {n - 1} (the teacher's steps)")
+    start = torch.arange(1, n // k + 1, dtype=torch.int64) * k - 1
+    return lcm_time(start, process), lcm_time((start - k).clamp_min(0), process)
+
+
+@torch.no_grad()
+def cfg_solver_step(teacher: Denoiser, x: Tensor, t: float, s: float, y: Tensor, null: int, w: Tensor,
+                    solver: str = "ddim", cache: Any = None) -> Tensor:
+    """The CFG-augmented one-step solver (LCM eq. 9 / book eq. 4.47) from t to s < t, one shared time pair:
+        x^_s = x + w Psi(x, t, s, c) + (1 - w) Psi(x, t, s, null) = Psi_u + w (Psi_c - Psi_u)   (w per row),
+    Psi the teacher's sampler `solver` on the 2-point grid (t, s) (its increment x_s - x), both branches one batch."""
+    from ..samplers import sample
+
+    b = x.shape[0]
+    cond = {"y": torch.cat([y, torch.full_like(y, null)])}
+    out = sample(teacher, torch.cat([x, x]), method=solver, nfe=None, grid=torch.tensor([t, s], dtype=torch.float64),
+                 denoise_final=False, cond=cond, cache=cache)
+    step_c, step_u = out[:b], out[b:]
+    return torch.lerp(step_u, step_c, w.to(x.dtype).view(-1, *[1] * (x.ndim - 1)))
+
+
+def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
+    """Pseudo-Huber distance (Song & Dhariwal 2023, arXiv:2310.14189, §3.3): sqrt(||a - b||^2 + c^2) - c, (B,)."""
+    d2 = (a - b).flatten(1).pow(2).sum(1)
+    return torch.sqrt(d2 + c * c) - c
+
+
+class LCMObjective(Objective):
+    """Latent consistency distillation (LCM Alg. 1) of `teacher` (a class-conditional eps/x0/v Denoiser with a
+    null class) into `net` (guidance-embedded, initialised from the teacher), with an EMA target theta^-. Each
+    batch draws `time_groups` grid indices n, each shared by a block of rows (kuosan's solvers take one grid per
+    call; a call per row would double a step's cost on the CPU); w and x_{t_{n+k}} are drawn per row."""
+
+    kind = "lcm"
+
+    def __init__(self, net: nn.Module, teacher: Denoiser, *, null_class: int, w_min: float = 1.0,
+                 w_max: float = 4.0, skip: int = 20, solver: str = "ddim", distance: str = "pseudo-huber",
+                 huber_c: float | None = None, target_decay: float = 0.95, prediction: str = "eps",
+                 record: dict[str, Any] | None = None, time_groups: int = 8, w_lr_scale: float = 1.0):
+        super().__init__(net)
+        if not 0 <= w_min <= w_max:
+            raise ValueError(f"objective.w_min = {w_min} and w_max = {w_max}: need 0 <= w_min <= w_max")
+        from ..samplers import SamplerCache
+
+        self.teacher = self.add_frozen("teacher", teacher)
+        self.process, self.prediction, self.null = teacher.process, prediction, null_class
+        self.w_min, self.w_max, self.skip, self.solver = w_min, w_max, skip, solver
+        self.distance, self.huber_c = distance, huber_c
+        self.t_start, self.t_end = skipping_grid(self.process, skip)
+        self.target = self.add_target("target", target_decay)
+        self.cache, self.record = SamplerCache(self.process), record
+        self.time_groups, self.w_lr_scale = time_groups, w_lr_scale
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Two AdamW groups: the network at train.lr, its new w embedding (`guide.*`, zero-initialised) at
+        w_lr_scale times it, so the student learns to follow w within the budget (docs/distill_lcm.md)."""
+        guide = getattr(self.net, "guide", None)
+        w_params = [p for p in guide.parameters() if p.requires_grad] if guide is not None else []
+        ids = {id(p) for p in w_params}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest, "lr_scale": 1.0}, {"params": w_params, "lr_scale": self.w_lr_scale}]
+
+    def _f(self, net: nn.Module) -> Denoiser:
+        return lcm_denoiser(net, self.process, self.prediction)
+
+    def distance_of(self, a: Tensor, b: Tensor) -> Tensor:
+        """d(a, b) per example: mean squared error, or pseudo-Huber with c = 0.00054 sqrt(dim) by default."""
+        if self.distance == "l2":
+            return (a - b).flatten(1).pow(2).mean(1)
+        return pseudo_huber(a, b, self.huber_c or 0.00054 * math.sqrt(a[0].numel()))
+
+    def loss(self, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
+        x0, y = batch["x0"], batch["y"]
+        dev, b = x0.device, x0.shape[0]
+        g = min(self.time_groups, b)  # rows share a time pair in g groups: one solver call per group
+        j = torch.randint(0, len(self.t_start), (g,), generator=generator, device=dev).cpu()
+        j = j.repeat_interleave(-(-b // g))[:b]  # each row's n is still uniform on the grid
+        w = self.w_min + (self.w_max - self.w_min) * torch.rand(b, generator=generator, device=dev)
+        t_nk, t_n = self.t_start[j].to(dev), self.t_end[j].to(dev)
+        x_t, _ = self.process.marginal_sample(x0, t_nk, generator=generator)
+        x_hat = torch.empty_like(x_t)
+        for jj in j.unique().tolist():  # eq. 4.47 per time pair (the solver takes one shared grid)
+            rows = (j == jj).nonzero().flatten().to(dev)
+            x_hat[rows] = cfg_solver_step(self.teacher, x_t[rows], float(self.t_start[jj]), float(self.t_end[jj]),
+                                          y[rows], self.null, w[rows], self.solver, self.cache)
+        with torch.no_grad():
+            target = self._f(self.target.module).x0(x_hat, t_n, y=y, w=w)
+        return self.distance_of(self._f(self.model).x0(x_t, t_nk, y=y, w=w), target)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "teacher": self.record, "w_range": [self.w_min, self.w_max], "skip": self.skip,
+                "solver": self.solver}
+
+    def denoiser(self, net: nn.Module) -> Denoiser:
+        """Previews: the student at w = max(1, w_min) (the default of `kuosan sample` without --guidance)."""
+        return with_guidance_scale(self._f(net), default_w(self.w_min, self.w_max))
+
+
+def build(cfg: Any, data: Any, teacher: Any) -> LCMObjective:
+    """The student (cfg.net with the w embedding, the teacher's weights loaded; only the new w-embedding keys are
+    missing) and its LCM objective; an unconditional teacher is refused."""
+    from ..registry import build_network
+
+    if teacher is None:
+        raise ValueError("LCM distils a teacher run: give one (kuosan distill lcm TEACHER_RUN)")
+    if teacher.num_classes is None:
+        raise ValueError(f"LCM distils a class-conditional teacher with classifier-free guidance (e.g. recipe "
+                         f"digits-cond); {teacher.run_dir} has no classes")
+    _check_teacher_config(teacher.config)
+    if cfg.precondition != "lcm" or not cfg.net.kwargs.get("guidance_embedding"):
+        raise ValueError("an LCM student needs precondition: lcm and net.guidance_embedding: true (the defaults of "
+                         "`kuosan distill lcm`)")
+    net = build_network(cfg, data.shape, data.num_classes)
+    missing, unexpected = net.load_state_dict(teacher.denoiser.net.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("guide.") for k in missing):
+        raise ValueError(f"the student network does not match teacher {teacher.run_dir}: missing "
+                         f"{[k for k in missing if not k.startswith('guide.')][:3]}, unexpected {unexpected[:3]}")
+    o = cfg.objective
+    return LCMObjective(net, teacher.denoiser, null_class=teacher.num_classes, w_min=o.w_min, w_max=o.w_max,
+                        skip=o.skip, solver=o.lcm_solver, distance=o.lcm_distance, huber_c=o.lcm_huber_c,
+                        target_decay=o.lcm_target_decay, prediction=teacher.denoiser.prediction,
+                        record=teacher_record(teacher), w_lr_scale=o.lcm_w_lr_scale)

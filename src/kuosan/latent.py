@@ -1,0 +1,117 @@
+"""Latent diffusion (Rombach et al. 2022, arXiv:2112.10752, §3-4; book §4.8.1): a diffusion model of scale * z,
+z the latents of a trained KL autoencoder (kuosan/train/autoencoder.py), decoded back to images.
+
+    codec = load_codec("runs/mnist-vae")          # the autoencoder run, frozen, with its latent scale factor
+    z = codec.encode(images)                      # scale * E[z | x]  (B, 4, 7, 7)
+    x = codec.decode(z)                           # images (B, 1, 28, 28)
+    data = latent_dataset(images_dataset, codec)  # what a latent run trains on
+
+A latent run (config `autoencoder: RUN`) carries the autoencoder's weights in every checkpoint (module
+"autoencoder", with its network arguments and scale in state.json), so `kuosan.load` needs nothing else: a
+checkpoint whose autoencoder file is gone is refused naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .nets.autoencoder import Autoencoder
+
+__all__ = ["LatentCodec", "load_codec", "codec_from_checkpoint", "latent_dataset", "CODEC_MODULE"]
+
+CODEC_MODULE = "autoencoder"  # the checkpoint module (autoencoder.safetensors) a latent run carries
+
+
+@dataclass
+class LatentCodec:
+    """A frozen autoencoder and its latent scale factor (1 / std of the training latents)."""
+
+    ae: Autoencoder
+    scale: float
+    net: dict[str, Any]  # the Autoencoder's keyword arguments
+    source: str = ""  # the autoencoder run it came from, and its step
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.ae.in_channels, self.ae.image_size, self.ae.image_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.ae.latent_shape
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, batch_size: int = 1000) -> Tensor:
+        """scale * posterior mean of images x (the latents a latent run trains on; LDM §3: the KL weight keeps
+        the posterior nearly deterministic, see docs/latent.md for the measured std)."""
+        return torch.cat([self.ae.encode(x[i : i + batch_size])[0] for i in range(0, len(x), batch_size)]) * self.scale
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, batch_size: int = 1000) -> Tensor:
+        """Images from scaled latents z: decoder(z / scale)."""
+        return torch.cat([self.ae.decode(z[i : i + batch_size] / self.scale) for i in range(0, len(z), batch_size)])
+
+    def record(self) -> dict[str, Any]:
+        """What a latent run's checkpoint state records (its weights are the checkpoint's module CODEC_MODULE)."""
+        return {"net": dict(self.net), "scale": self.scale, "image_shape": list(self.image_shape),
+                "latent_shape": list(self.latent_shape), "source": self.source}
+
+
+def _build(net: dict[str, Any], weights: dict[str, Tensor], scale: float, source: str,
+           device: torch.device | str) -> LatentCodec:
+    kw = {k: v for k, v in net.items() if k != "kind"}
+    if isinstance(kw.get("channel_mults"), list):
+        kw["channel_mults"] = tuple(kw["channel_mults"])
+    ae = Autoencoder(**kw)
+    ae.load_state_dict(weights)
+    ae.to(device).eval().requires_grad_(False)
+    return LatentCodec(ae, float(scale), dict(net), source)
+
+
+def load_codec(run: str | Path, ema: bool = True, device: torch.device | str = "cpu") -> LatentCodec:
+    """The autoencoder run at `run` (objective kind "autoencoder") with the latent scale its checkpoint recorded
+    for the weights used (EMA by default); anything else is refused naming it."""
+    from .checkpoint import load_checkpoint
+
+    path = Path(run).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"autoencoder run {path} does not exist (autoencoder={run})")
+    ckpt = load_checkpoint(path, device=device)
+    obj = ckpt.state.get("objective") or {}
+    if obj.get("kind") != "autoencoder" or "latent_scale" not in obj:
+        raise ValueError(f"{ckpt.path} is not an autoencoder run (objective kind {obj.get('kind')!r}); train one "
+                         "with `kuosan train mnist-vae`")
+    use_ema = ema and ckpt.ema is not None
+    scale = obj["latent_scale"]["ema" if use_ema else "weights"]
+    return _build(ckpt.state["net"], ckpt.ema if use_ema else ckpt.weights, scale,
+                  f"{ckpt.path.parents[1].resolve()} step {ckpt.step}", device)
+
+
+def codec_from_checkpoint(ckpt: Any, device: torch.device | str = "cpu") -> LatentCodec | None:
+    """The autoencoder a latent run's checkpoint carries (None for a pixel-space run)."""
+    rec = ckpt.state.get(CODEC_MODULE)
+    if rec is None:
+        return None
+    if CODEC_MODULE not in ckpt.modules:
+        raise FileNotFoundError(f"{ckpt.path} is a latent run but holds no {CODEC_MODULE}.safetensors (its "
+                                "autoencoder); copy it back from the run it was trained in")
+    return _build(rec["net"], ckpt.modules[CODEC_MODULE], rec["scale"], rec.get("source", ""), device)
+
+
+def latent_dataset(data: Any, codec: LatentCodec) -> Any:
+    """The Dataset `data` (images) with x and the held-out images replaced by their scaled latents; labels,
+    classes and the rest kept. Images of another shape than the autoencoder's are refused naming both."""
+    if tuple(data.shape) != codec.image_shape:
+        raise ValueError(f"the autoencoder ({codec.source}) encodes images of shape {codec.image_shape} but this "
+                         f"run's data has shape {tuple(data.shape)}: use data of the autoencoder's size (data.size) "
+                         "or an autoencoder trained on it")
+    heldout = None if data.heldout is None else codec.encode(data.heldout)
+    z = codec.encode(data.x)
+    note = (f"encoded {len(z)} images {tuple(data.shape)} to latents {codec.latent_shape} (scale {codec.scale:.4g}, "
+            f"std {float(z.std()):.3f})")
+    return replace(data, x=z, heldout=heldout, value_range=None,
+                   summary=f"{data.summary}; {note}" if data.summary else note)
