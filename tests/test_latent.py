@@ -110,3 +110,9 @@ def test_the_autoencoder_stage_is_trained_first_when_none_is_given(tmp_path):
     saved = (tmp_path / "ldm" / "config.yaml").read_text()
     assert str(tmp_path / "ldm" / "autoencoder") in saved  # a resumed run finds the same autoencoder
     assert kuosan.load(tmp_path / "ldm", device="cpu").generate(2, nfe=3, method="ddim").shape == (2, 1, 8, 8)
+
+
+def test_info_names_the_autoencoder(runs):
+    res = CliRunner().invoke(app, ["info", str(runs / "ldm")])
+    assert res.exit_code == 0, res.output
+    assert "images (1, 8, 8) -> latents (2, 4, 4)" in res.output

@@ -198,6 +198,13 @@ def info(checkpoint: Path = typer.Argument(..., help="A run directory or a check
         lo, bs = obj["lora"], obj.get("base", {})
         rows.insert(3, ("lora", f"rank {lo['rank']}, alpha {lo['alpha']:g}, {len(lo['layers'])} layers "
                                 f"({', '.join(lo['targets'])}); base {bs.get('path')} (step {bs.get('step')})"))
+    if obj.get("teacher"):  # a distilled student (kuosan.distill): the run it learned from
+        te = obj["teacher"]
+        rows.insert(3, ("teacher", f"{te.get('path')} (step {te.get('step')}, objective {te.get('kind')})"))
+    if st.get("autoencoder"):  # a latent run (kuosan.latent): the autoencoder it carries
+        ae = st["autoencoder"]
+        rows.insert(3, ("autoencoder", f"images {tuple(ae['image_shape'])} -> latents {tuple(ae['latent_shape'])}, "
+                                       f"scale {ae['scale']:.4g}, from {ae.get('source') or '?'}"))
     for k, v in rows:
         out.print(f"{k + ':':<18}{v}", highlight=False, markup=False)
     out.print("config:")
