@@ -50,6 +50,8 @@ def measure(pipe, method: str, nfe: int, n: int, guidance: float | None, ref
             ) -> tuple[float, float | None, torch.Tensor]:
     """(FD, class accuracy or None, samples): n samples of `pipe` by method at nfe, classes in turn if conditional."""
     den = pipe.model(guidance) if guidance is not None else pipe.model()
+    tau = getattr(pipe.config.objective, "cm_tau", None)  # a consistency student's tuned tau (its grids/*.json)
+    method = f"{method}:tau={tau}" if method == "consistency" and tau is not None else method
     x, _ = draw_samples(den, (n, *pipe.data_shape), method, nfe, num_classes=pipe.num_classes, progress=False)
     q = quality(x, ref)
     acc = None

@@ -223,6 +223,36 @@ def test_ct_of_a_gaussian_moves_toward_the_closed_form_affine_endpoint_map():
     assert after < 0.7 * before, (before, after)
 
 
+# --- the student's multistep grid: CM Alg. 1's tau --------------------------------------------------------------
+@pytest.mark.parametrize("name", ["EDM", "VP", "VE"])
+def test_the_restart_grid_evaluates_at_tau_then_karras_down_to_the_end(name):
+    from kuosan.samplers.consistency import restart_grid
+
+    proc = make_process(name)
+    ts = proc.timesteps(4, "karras")
+    grid = restart_grid(proc, ts, 0.65)
+    assert len(grid) == 5 and grid[0] == ts[0] and grid[-1].item() == pytest.approx(ts[-1].item(), rel=1e-12)
+    s = levels(proc, grid)
+    r = s[1:] ** (1 / 7)  # EDM eq. 5 from s = tau to the end: s^(1/rho) evenly spaced
+    assert s[1].item() == pytest.approx(0.65, rel=1e-9)
+    assert torch.allclose(r[1:] - r[:-1], ((r[-1] - r[0]) / 3).expand(3), rtol=1e-6)
+    with pytest.raises(ValueError, match="tau"):
+        restart_grid(proc, ts, 1e4)
+
+
+def test_the_sampler_option_tau_moves_only_the_later_evaluations():
+    seen = []
+
+    def f(x, t):
+        seen.append(float(t[0]))
+        return torch.zeros_like(x)
+
+    den = Denoiser(f, EDM(), prediction="x0")
+    sample(den, torch.randn(4, 2) * 80, "consistency", nfe=2, tau=0.65)
+    sample(den, torch.randn(4, 2) * 80, "consistency", nfe=1, tau=0.65)  # one evaluation: tau is not used
+    assert seen == pytest.approx([80.0, 0.65, 80.0])
+
+
 # --- `kuosan distill consistency` end to end ------------------------------------------------------------------
 FAST = ["--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.batch_size=32",
         "--set", "data.n=512"]
@@ -243,6 +273,8 @@ def _distill(teacher, out, steps, *extra):
 
 
 def test_distill_sample_and_load_a_consistency_student(toy_teacher, tmp_path):
+    import json
+
     import numpy as np
 
     import kuosan
@@ -253,9 +285,12 @@ def test_distill_sample_and_load_a_consistency_student(toy_teacher, tmp_path):
     cfg = load_config(tmp_path / "cd" / "config.yaml")
     assert cfg.precondition == "consistency" and cfg.objective.mode == "distill"
     assert (cfg.sample.method, cfg.sample.nfe) == ("consistency", 2)
+    grid = json.loads((tmp_path / "cd" / "grids" / "consistency-2.json").read_text())["times"]
+    assert grid[1] == pytest.approx(cfg.objective.cm_tau, rel=1e-9)  # the student's tau (CM Alg. 1), stored
     for nfe in (1, 2, 4):
         res = invoke("sample", tmp_path / "cd", "--nfe", nfe, "--n", 20, "--out", tmp_path / f"s{nfe}.png")
         assert res.exit_code == 0, res.output
+        assert ("using the tuned grid" in res.output) == (nfe > 1)
         x = np.load(tmp_path / f"s{nfe}.npz")["samples"]
         assert x.shape == (20, 2) and np.isfinite(x).all()
     pipe = kuosan.load(tmp_path / "cd")

@@ -14,7 +14,15 @@ from test_guidance import NULL, NUM_CLASSES, class_fn, class_mixtures
 
 import kuosan
 from kuosan import Denoiser
-from kuosan.distill.lcm import cfg_solver_step, pseudo_huber, skipping_grid
+from kuosan.distill.lcm import (
+    LCMObjective,
+    cfg_solver_step,
+    lcm_sampling_times,
+    pseudo_huber,
+    skipping_grid,
+    top_time,
+    write_grids,
+)
 from kuosan.lcm_function import LCMFunction, lcm_boundary, lcm_denoiser, lcm_timestep, with_guidance_scale
 from kuosan.nets import build_net
 from kuosan.processes import VP, DiscreteVP
@@ -122,6 +130,49 @@ def test_skipping_grid_is_lcms_ddim_solver_grid():
     assert t_n[0].item() == proc.t_min and t_nk[-1].item() == proc.t_max
     with pytest.raises(ValueError, match="objective.skip"):
         skipping_grid(proc, 1000)
+
+
+@pytest.mark.parametrize("proc", [DiscreteVP.linear(1000), VP()], ids=["linear", "vp"])
+def test_max_level_cuts_the_skipping_grid_where_sigma_over_alpha_is_that_level(proc):
+    """top_time(level): sigma/alpha = level there (closed form of the process), t_max above its range; the grid
+    keeps exactly the starts at or below it; LCM's sampling times (diffusers LCMScheduler) lie on those starts."""
+    t = top_time(proc, 12.0)
+    tt = torch.tensor([t], dtype=F64)
+    assert (proc.sigma(tt) / proc.alpha(tt)).item() == pytest.approx(12.0, rel=1e-6)
+    assert top_time(proc, None) == proc.t_max and top_time(proc, 1e9) == proc.t_max
+    full, cut = skipping_grid(proc, 50)[0], skipping_grid(proc, 50, t)[0]
+    assert torch.equal(cut, full[full <= t]) and len(cut) < len(full) and cut[-1] + 50 / 999 * proc.t_max > t
+    ts = lcm_sampling_times(full, 4, proc.t_min)  # 20 starts, every 5th from the top: 999, 749, 499, 249
+    torch.testing.assert_close(lcm_timestep(ts[:4], proc), torch.tensor([999.0, 749, 499, 249], dtype=F64),
+                               rtol=0, atol=1e-9)
+    assert ts[-1].item() == proc.t_min
+    with pytest.raises(ValueError, match="skipping grid has"):
+        lcm_sampling_times(cut, len(cut) + 1, proc.t_min)
+
+
+def test_stored_grids_are_the_sampling_times(tmp_path):
+    """write_grids stores, per K, LCM's times as <run>/grids/consistency-K.json, read back by kuosan.tuned_grids."""
+    from kuosan.tuned_grids import load_tuned
+
+    proc = DiscreteVP.linear(1000)
+    starts = skipping_grid(proc, 50, top_time(proc, 12.0))[0]  # 49 .. 699: 14 starts
+    write_grids(tmp_path, proc, starts, range(1, 5))
+    for k in range(1, 5):
+        torch.testing.assert_close(load_tuned(tmp_path, "consistency", k)[1], lcm_sampling_times(starts, k, proc.t_min))
+    assert load_tuned(tmp_path, "consistency", 1)[1][0].item() == starts[-1].item()
+
+
+def test_the_w_embedding_trains_at_its_own_learning_rate():
+    """LCMObjective.param_groups: every trainable parameter once; guide.* (and only it) at lcm_w_lr_scale; the
+    embedding's features use the net's guidance_scale (10: smooth in w over [1, 4])."""
+    proc = DiscreteVP.linear(1000)
+    net = tiny_unet(guidance_embedding=True, guidance_scale=10.0)
+    obj = LCMObjective(net, Denoiser(tiny_unet(), proc, "eps"), null_class=3, w_lr_scale=7.0)
+    groups = obj.param_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, 7.0]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in net.guide.parameters()}
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in net.parameters())
+    assert net.guide.features.w.max().item() == pytest.approx(10.0)
 
 
 def test_pseudo_huber_is_the_ict_distance():

@@ -301,6 +301,9 @@ class ObjectiveConfig(_Strict):
     ect_q: float = Field(2.0, gt=1)
     ect_k: float = Field(8.0, ge=0)  # n(t) = 1 + k sigmoid(-b t)
     ect_b: float = Field(1.0, ge=0)
+    # the student's multistep sampling: 2nd evaluation at level sigma/alpha = cm_tau (CM Alg. 1's tau, searched
+    # on FD), later ones Karras from there; written as the run's grids/consistency-K.json (K = 2..8); None: none
+    cm_tau: float | None = Field(None, gt=0)
     # lcm (Luo et al. 2023, arXiv:2310.04378)
     # (kuosan.distill.lcm, docs/distill_lcm.md): w ~ U[w_min, w_max] in kuosan's CFG convention (w = 1: the
     # conditional model), skip = k teacher steps per solver step, the teacher's one-step solver, the EMA target
@@ -312,6 +315,9 @@ class ObjectiveConfig(_Strict):
     lcm_huber_c: float | None = Field(None, gt=0)  # None: 0.00054 sqrt(dim) (iCT §3.3)
     lcm_target_decay: float = Field(0.95, ge=0, lt=1)  # mu of theta^- <- mu theta^- + (1 - mu) theta (LCM Alg. 1)
     lcm_w_lr_scale: float = Field(1.0, gt=0)  # learning rate of the w embedding (net.guide) / train.lr
+    # the largest noise level sigma/alpha trained and the student's first evaluation (its stored Karras grids
+    # <run>/grids/consistency-K.json start there); None: t_max
+    lcm_max_level: float | None = Field(None, gt=0)
     # reflow (Liu et al. 2022, arXiv:2209.03003) (kuosan.distill.reflow, docs/distill_reflow.md): rf_stage reflow =
     # the k-RF on rf_pairs (noise, sample) pairs of the teacher's ODE (sampler rf_pair_method at rf_pair_nfe),
     # distill = one Euler step from t = 1 onto the pairs (§2.3); rf_init: student from the teacher's weights or not

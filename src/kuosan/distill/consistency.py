@@ -199,9 +199,10 @@ def defaults(teacher_cfg) -> dict[str, Any]:
                          f"precondition {teacher_cfg.precondition!r} and prediction {teacher_cfg.prediction!r}")
     return {
         "precondition": "consistency",
-        "objective": {"mode": "distill", "cm_solver": "heun", "cm_distance": "l2", "cm_n": 18,
-                      "cm_target_decay": 0.95, "cm_weighting": "uniform", "cm_levels": "uniform", "cm_groups": 4},
-        "train": {"steps": 1500, "batch_size": 64, "lr": 2e-4, "warmup": 0, "schedule": "cosine",
+        "objective": {"mode": "distill", "cm_solver": "heun", "cm_distance": "pseudo-huber", "cm_n": 18,
+                      "cm_target_decay": 0.95, "cm_weighting": "ict", "cm_levels": "uniform", "cm_groups": 4,
+                      "cm_tau": 0.65},
+        "train": {"steps": 2000, "batch_size": 64, "lr": 2e-4, "warmup": 0, "schedule": "cosine",
                   "ema_decay": 0.995, "ckpt_every": 500, "sample_every": 0},
         "sample": {"method": "consistency", "nfe": 2},
     }
@@ -229,6 +230,8 @@ def build(cfg, data, teacher) -> ConsistencyObjective:
             defaults(teacher.config)  # raises the one-line message
         net = copy.deepcopy(teacher.denoiser.net).train().requires_grad_(True)
     decay = o.cm_target_decay if o.mode == "distill" else 0.0
+    if o.cm_tau is not None:
+        write_grids(cfg.run_dir, build_denoiser(cfg, net).process, o.cm_tau)
     return ConsistencyObjective(
         net, functools.partial(build_denoiser, cfg), mode=o.mode,
         teacher=teacher.denoiser if teacher is not None and o.mode == "distill" else None,
@@ -236,6 +239,24 @@ def build(cfg, data, teacher) -> ConsistencyObjective:
         curriculum=o.cm_curriculum, total_steps=cfg.train.steps, target_decay=decay, weighting=o.cm_weighting,
         level_sampling=o.cm_levels, p_mean=o.cm_p_mean, p_std=o.cm_p_std,
         ect=(o.ect_stages, o.ect_q, o.ect_k, o.ect_b), groups=o.cm_groups, record=teacher_record(teacher))
+
+
+def write_grids(run_dir, process, tau: float, nfes: range = range(2, 9)) -> None:
+    """The student's multistep grids at tau (CM Alg. 1's tau_1, `objective.cm_tau`) as the run's tuned grids
+    <run>/grids/consistency-K.json, which `kuosan sample RUN --nfe K` uses (kuosan.tuned_grids)."""
+    import json
+    from pathlib import Path
+
+    from ..samplers.consistency import restart_grid
+    from ..tuned_grids import grid_path
+
+    for k in nfes:
+        ts = restart_grid(process, process.timesteps(k, "karras"), tau)
+        path = grid_path(Path(run_dir), "consistency", k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"method": "consistency", "nfe": k, "times": ts.tolist(), "tau": tau,
+                                    "source": "objective.cm_tau: the evaluation after the first at level tau, "
+                                    "then Karras (CM Alg. 1; kuosan.samplers.consistency.restart_grid)"}, indent=1))
 
 
 def _c(data) -> float:

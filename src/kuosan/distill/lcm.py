@@ -25,7 +25,8 @@ from ..lcm_function import default_w, lcm_denoiser, lcm_time, timestep_count, wi
 from ..train.objectives import Objective
 from . import teacher_record
 
-__all__ = ["LCMObjective", "cfg_solver_step", "skipping_grid", "pseudo_huber", "defaults", "build"]
+__all__ = ["LCMObjective", "cfg_solver_step", "skipping_grid", "top_time", "lcm_sampling_times", "write_grids",
+           "pseudo_huber", "defaults", "build"]
 
 
 def defaults(teacher_cfg: Any) -> dict[str, Any]:
@@ -34,9 +35,11 @@ def defaults(teacher_cfg: Any) -> dict[str, Any]:
     _check_teacher_config(teacher_cfg)
     return {
         "precondition": "lcm",
-        "net": {"guidance_embedding": True},
-        "objective": {"p_uncond": 0.0},  # c is always the label: the student learns f for real classes only
-        "train": {"steps": 1000, "batch_size": 64, "lr": 2e-4, "warmup": 0, "schedule": "constant",
+        "net": {"guidance_embedding": True, "guidance_scale": 10.0},  # features smooth in w (docs/distill_lcm.md)
+        # c is always the label (the student learns f for real classes only); k = 50 and a 10x learning rate for
+        # the w embedding: measured in docs/distill_lcm.md
+        "objective": {"p_uncond": 0.0, "skip": 50, "lcm_w_lr_scale": 10.0},
+        "train": {"steps": 1500, "batch_size": 64, "lr": 2e-4, "warmup": 0, "schedule": "constant",
                   "ema_decay": 0.99, "ckpt_every": 500, "sample_every": 0},
         "sample": {"method": "consistency", "nfe": 4, "guidance_interval": None},
     }
@@ -55,14 +58,56 @@ def _check_teacher_config(tcfg: Any) -> None:
                          f"{tcfg.precondition!r} / loss {tcfg.loss.kind!r}; distil a plain eps/x0/v teacher")
 
 
-def skipping_grid(process: Any, k: int) -> tuple[Tensor, Tensor]:
+def skipping_grid(process: Any, k: int, t_top: float | None = None) -> tuple[Tensor, Tensor]:
     """LCM's skipping-step grid (Alg. 1; diffusers' DDIMSolver): start indices t'_{n+k} = jk - 1, j = 1 .. N // k,
-    ends t'_n = max(t'_{n+k} - k, 0), as continuous times (float64): (t_{n+k}, t_n), t_n = t_min at the bottom."""
+    ends t'_n = max(t'_{n+k} - k, 0), as continuous times (float64): (t_{n+k}, t_n), t_n = t_min at the bottom;
+    only the starts t_{n+k} <= t_top (default t_max)."""
     n = timestep_count(process)
     if not 1 <= k < n:
         raise ValueError(f"objective.skip = {k}: the skipping interval must lie in 1 .. {n - 1} (the teacher's steps)")
     start = torch.arange(1, n // k + 1, dtype=torch.int64) * k - 1
-    return lcm_time(start, process), lcm_time((start - k).clamp_min(0), process)
+    t_nk, t_n = lcm_time(start, process), lcm_time((start - k).clamp_min(0), process)
+    keep = t_nk <= (process.t_max if t_top is None else t_top) + 1e-9
+    if not keep.any():
+        raise ValueError(f"objective.skip = {k}: no skipping-grid start lies below t = {t_top} (lcm_max_level)")
+    return t_nk[keep], t_n[keep]
+
+
+def top_time(process: Any, level: float | None) -> float:
+    """The time of noise level sigma/alpha = `level` (lambda = log(alpha/sigma) = -log level), at most t_max;
+    None: t_max."""
+    if level is None:
+        return float(process.t_max)
+    lam = torch.tensor([-math.log(level)], dtype=torch.float64)
+    return min(float(process.t_max), float(process.t_of_log_snr(lam)))
+
+
+def lcm_sampling_times(starts: Tensor, k: int, t_min: float) -> Tensor:
+    """LCM's K evaluation times on its skipping grid (diffusers LCMScheduler.set_timesteps): the starts from the
+    top, every (n // K)-th, the first K of them, then t_min (not evaluated); float64, descending."""
+    desc = starts.flip(0).to(torch.float64)
+    if not 1 <= k <= len(desc):
+        raise ValueError(f"{k} sampling steps: the skipping grid has {len(desc)} points; choose 1 .. {len(desc)}")
+    return torch.cat([desc[:: len(desc) // k][:k], torch.tensor([t_min], dtype=torch.float64)])
+
+
+def write_grids(run_dir: Any, process: Any, starts: Tensor, nfes: range = range(1, 9)) -> None:
+    """The student's sampling grids on its skipping grid (lcm_sampling_times) as the run's stored grids
+    <run>/grids/consistency-K.json, which `kuosan sample RUN --nfe K` uses (kuosan.tuned_grids)."""
+    import json
+    from pathlib import Path
+
+    from ..tuned_grids import grid_path
+
+    for k in nfes:
+        if k > len(starts):
+            break
+        ts = lcm_sampling_times(starts, k, process.t_min)
+        path = grid_path(Path(run_dir), "consistency", k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"method": "consistency", "nfe": k, "times": ts.tolist(),
+                                    "source": "objective.lcm_max_level: LCM's sampling times on the skipping grid "
+                                    "below it (kuosan.distill.lcm.write_grids)"}, indent=1))
 
 
 @torch.no_grad()
@@ -98,7 +143,8 @@ class LCMObjective(Objective):
     def __init__(self, net: nn.Module, teacher: Denoiser, *, null_class: int, w_min: float = 1.0,
                  w_max: float = 4.0, skip: int = 20, solver: str = "ddim", distance: str = "pseudo-huber",
                  huber_c: float | None = None, target_decay: float = 0.95, prediction: str = "eps",
-                 record: dict[str, Any] | None = None, time_groups: int = 8, w_lr_scale: float = 1.0):
+                 record: dict[str, Any] | None = None, time_groups: int = 8, w_lr_scale: float = 1.0,
+                 t_top: float | None = None):
         super().__init__(net)
         if not 0 <= w_min <= w_max:
             raise ValueError(f"objective.w_min = {w_min} and w_max = {w_max}: need 0 <= w_min <= w_max")
@@ -108,7 +154,7 @@ class LCMObjective(Objective):
         self.process, self.prediction, self.null = teacher.process, prediction, null_class
         self.w_min, self.w_max, self.skip, self.solver = w_min, w_max, skip, solver
         self.distance, self.huber_c = distance, huber_c
-        self.t_start, self.t_end = skipping_grid(self.process, skip)
+        self.t_start, self.t_end = skipping_grid(self.process, skip, t_top)
         self.target = self.add_target("target", target_decay)
         self.cache, self.record = SamplerCache(self.process), record
         self.time_groups, self.w_lr_scale = time_groups, w_lr_scale
@@ -178,7 +224,10 @@ def build(cfg: Any, data: Any, teacher: Any) -> LCMObjective:
         raise ValueError(f"the student network does not match teacher {teacher.run_dir}: missing "
                          f"{[k for k in missing if not k.startswith('guide.')][:3]}, unexpected {unexpected[:3]}")
     o = cfg.objective
+    t_top = top_time(teacher.denoiser.process, o.lcm_max_level)
+    if o.lcm_max_level is not None:  # sampling starts at the highest trained time, the top of the skipping grid
+        write_grids(cfg.run_dir, teacher.denoiser.process, skipping_grid(teacher.denoiser.process, o.skip, t_top)[0])
     return LCMObjective(net, teacher.denoiser, null_class=teacher.num_classes, w_min=o.w_min, w_max=o.w_max,
                         skip=o.skip, solver=o.lcm_solver, distance=o.lcm_distance, huber_c=o.lcm_huber_c,
                         target_decay=o.lcm_target_decay, prediction=teacher.denoiser.prediction,
-                        record=teacher_record(teacher), w_lr_scale=o.lcm_w_lr_scale)
+                        record=teacher_record(teacher), w_lr_scale=o.lcm_w_lr_scale, t_top=t_top)

@@ -100,11 +100,13 @@ class ClassEmbedding(nn.Module):
 class GuidanceEmbedding(nn.Module):
     """The guidance scale w embedded like the time (LCM, Luo et al. 2023, arXiv:2310.04378, §4.2; book §4.7.1):
     sinusoidal features of w (scale 1000, as diffusers' get_guidance_scale_embedding) -> Linear-SiLU-Linear, the
-    last Linear zero-initialised so that a student initialised from its teacher starts as the teacher at every w."""
+    last Linear zero-initialised so that a student initialised from its teacher starts as the teacher at every w.
+    `scale` multiplies w in the features: 1000 (diffusers) makes most of them oscillate many times over w in [1, 4];
+    a small scale (LCM students here: 10) keeps them smooth in w (docs/distill_lcm.md)."""
 
-    def __init__(self, freq_dim: int, dim: int):
+    def __init__(self, freq_dim: int, dim: int, scale: float = 1000.0):
         super().__init__()
-        self.features = SinusoidalFeatures(freq_dim, 1000.0)
+        self.features = SinusoidalFeatures(freq_dim, scale)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)

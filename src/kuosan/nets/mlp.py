@@ -33,7 +33,8 @@ class MLP(nn.Module):
         time_embedding: "sinusoidal" (of time_scale * t) or "fourier" (Gaussian Fourier features of t).
         num_classes: class conditioning; label `num_classes` is the null class (classifier-free guidance).
         out_mult: output channels per input feature (1, or 2 for [prediction, variance]).
-        guidance_embedding: embed a guidance scale w (forward's `w`) into the time embedding (LCM students).
+        guidance_embedding: embed a guidance scale w (forward's `w`) into the time embedding (LCM students);
+            guidance_scale multiplies w in its sinusoidal features.
     """
 
     def __init__(
@@ -46,12 +47,13 @@ class MLP(nn.Module):
         out_mult: int = 1,
         time_scale: float = 1000.0,
         guidance_embedding: bool = False,
+        guidance_scale: float = 1000.0,
     ):
         super().__init__()
         self.dim, self.out_mult = dim, out_mult
         self.time = TimeEmbedding(hidden, hidden, time_embedding, time_scale)
         self.label = ClassEmbedding(num_classes, hidden) if num_classes else None
-        self.guide = GuidanceEmbedding(hidden, hidden) if guidance_embedding else None
+        self.guide = GuidanceEmbedding(hidden, hidden, guidance_scale) if guidance_embedding else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, out_mult * dim))

@@ -221,7 +221,8 @@ class UNet(nn.Module):
         image_size: the input side. scale_shift: FiLM conditioning (improved DDPM) instead of an added bias.
         attention_head_dim: channels per head; None = one head per attention layer (DDPM).
         guidance_embedding: embed a guidance scale w (forward's `w`) and add it to the time embedding (LCM students,
-            kuosan.distill.lcm; zero-initialised: the net starts as one without it).
+            kuosan.distill.lcm; zero-initialised: the net starts as one without it); guidance_scale multiplies w in
+            its sinusoidal features.
 
     The automatic layout (channel_mults / attention_resolutions = None, image_size given): levels halve while
     the side is even and >= 8, at most 4 levels, so odd sides end the descent and skips always match
@@ -249,6 +250,7 @@ class UNet(nn.Module):
         attention_head_dim: int | None = None,
         time_scale: float = 1000.0,
         guidance_embedding: bool = False,
+        guidance_scale: float = 1000.0,
     ):
         super().__init__()
         channel_mults, attention_resolutions = resolve_layout(image_size, channel_mults, attention_resolutions)
@@ -258,7 +260,7 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.time = TimeEmbedding(base_channels, emb_dim, time_embedding, time_scale)
         self.label = ClassEmbedding(num_classes, emb_dim) if num_classes else None
-        self.guide = GuidanceEmbedding(base_channels, emb_dim) if guidance_embedding else None
+        self.guide = GuidanceEmbedding(base_channels, emb_dim, guidance_scale) if guidance_embedding else None
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, emb_dim, groups, dropout, scale_shift)
