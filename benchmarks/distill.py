@@ -90,7 +90,10 @@ def main() -> None:
         pipe = kuosan.load(out, device="cpu")
         cells = []
         for nfe in nfes:
-            fd, acc, x = measure(pipe, pipe.config.sample.method, nfe, args.n, w, ref)
+            sampler = pipe.config.sample.method
+            if nfe == 1 and sampler.startswith("flow-"):  # one Euler step of a flow is the consistency map z - v(z, 1)
+                sampler = "consistency"
+            fd, acc, x = measure(pipe, sampler, nfe, args.n, w, ref)
             cells.append((fd, acc))
             if nfe == pipe.config.sample.nfe:
                 save_samples(x[:64], out / "samples.png", title=f"{method}: {pipe.config.sample.method} {nfe} NFE")
