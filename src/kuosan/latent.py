@@ -63,10 +63,9 @@ class LatentCodec:
 
 def _build(net: dict[str, Any], weights: dict[str, Tensor], scale: float, source: str,
            device: torch.device | str) -> LatentCodec:
-    kw = {k: v for k, v in net.items() if k != "kind"}
-    if isinstance(kw.get("channel_mults"), list):
-        kw["channel_mults"] = tuple(kw["channel_mults"])
-    ae = Autoencoder(**kw)
+    from .nets import build_net
+
+    ae = build_net(**{"kind": "autoencoder", **net})
     ae.load_state_dict(weights)
     ae.to(device).eval().requires_grad_(False)
     return LatentCodec(ae, float(scale), dict(net), source)

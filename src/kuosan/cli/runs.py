@@ -66,6 +66,15 @@ def resume(
     train(None, set_, True, run, False)
 
 
+def _report(result, done: str, extra: str, then: str) -> None:
+    """What a finetune / distill run ended with; exit status 130 when it was interrupted (a checkpoint was saved)."""
+    out.print(f"{'interrupted at' if result.interrupted else done} step {result.step}; checkpoint "
+              f"{result.checkpoint}{extra}")
+    out.print(then)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
 def _same_settings(cfg, done: str, options: str, verb: str) -> None:
     """--resume of a finetune / distill run: its saved config must be the one these options make (train.steps and
     the like may differ only through `kuosan resume RUN --set ...`)."""
@@ -105,11 +114,7 @@ def finetune(
         adapter = write_adapter(cfg.run_dir)
     except _expected_errors() as err:
         raise _fail(err) from None
-    verb = "interrupted at" if result.interrupted else "fine-tuned to"
-    out.print(f"{verb} step {result.step}; checkpoint {result.checkpoint}; adapter {adapter}")
-    out.print(f"sample it with: kuosan sample {cfg.run_dir}")
-    if result.interrupted:
-        raise typer.Exit(130)
+    _report(result, "fine-tuned to", f"; adapter {adapter}", f"sample it with: kuosan sample {cfg.run_dir}")
 
 
 @app.command()
@@ -145,11 +150,8 @@ def distill(
         result = train_from_config(cfg, resume=resume, log=lambda s: out.print(s, markup=False, highlight=False))
     except _expected_errors() as err:
         raise _fail(err) from None
-    verb = "interrupted at" if result.interrupted else "distilled to"
-    out.print(f"{verb} step {result.step}; checkpoint {result.checkpoint}")
-    out.print(f"sample it with: kuosan sample {cfg.run_dir}  (default: {cfg.sample.method}, {cfg.sample.nfe} NFE)")
-    if result.interrupted:
-        raise typer.Exit(130)
+    _report(result, "distilled to", "", f"sample it with: kuosan sample {cfg.run_dir}  (default: {cfg.sample.method}, "
+            f"{cfg.sample.nfe} NFE)")
 
 
 @app.command()

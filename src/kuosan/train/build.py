@@ -14,12 +14,11 @@ from typing import Any
 from torch import nn
 
 from ..config import LossConfig, RunConfig, config_dict, save_config
+from ..distill import METHODS as DISTILL_METHODS  # objective kinds built by kuosan.distill
 from ..registry import Dataset, build_data, build_denoiser, build_network, net_arguments
 from ..rng import seed_init
 from .loop import TrainResult, fit
 from .objectives import DenoisingObjective, LossFn, Objective
-
-DISTILL_METHODS = ("progressive", "consistency", "lcm", "reflow")  # objective kinds built by kuosan.distill
 
 __all__ = ["build_loss", "build_objective", "train_from_config", "run_meta"]
 
