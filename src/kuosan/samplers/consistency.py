@@ -49,13 +49,13 @@ def sample_consistency(
         ts64 = restart_grid(p, ts64, tau)
     model = Model(denoiser, ts64[:n], x, kinds=("x0",), cond=cond, cache=cache)
     x0 = model.x0(x, 0)
-    report(callback, 0, ts[1], x, x0)
+    report(callback, 0, ts64[1], x, x0)
     t_end = ts64[n : n + 1].clamp_min(p.t_min)
     for i in range(1, n):
         a, var = p.transition(t_end, ts64[i : i + 1])
         x = (a.item() * x0 + var.clamp_min(0).sqrt().item() * noise(x0, generator)).to(x0.dtype)
         x0 = model.x0(x, i)
-        report(callback, i, ts[i + 1], x, x0)
+        report(callback, i, ts64[i + 1], x, x0)
     return x0
 
 
