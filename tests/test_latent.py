@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import kuosan
 from kuosan.cli import app
 from kuosan.config import parse_config
-from kuosan.latent import load_codec
+from kuosan.latent import latent_known, load_codec
 from kuosan.registry import build_data
 from kuosan.train import train_from_config
 
@@ -37,6 +37,12 @@ def runs(tmp_path_factory):
                         "net": {"kind": "dit", "patch_size": 1, "hidden": 32, "depth": 1, "heads": 2},
                         "train": {"steps": 5, "batch_size": 32, **QUIET}, "sample": {"method": "ddim", "nfe": 4}})
     train_from_config(ldm, log=None)
+    unet = parse_config({"name": "ldm-unet", "out_dir": str(root / "ldm-unet"), "autoencoder": str(root / "ae"),
+                         "data": {"kind": "digits", "conditional": True},
+                         "net": {"kind": "unet", "base_channels": 8, "channel_mults": [1], "num_res_blocks": 1,
+                                 "attention_resolutions": []},
+                         "train": {"steps": 3, "batch_size": 32, **QUIET}, "sample": {"method": "ddim", "nfe": 4}})
+    train_from_config(unet, log=None)
     return root
 
 
@@ -90,10 +96,21 @@ def test_an_autoencoder_of_another_image_size_is_refused(runs, tmp_path):
     with pytest.raises(ValueError, match=r"encodes images of shape \(1, 8, 8\) but this run's data has shape "
                                          r"\(1, 16, 16\)"):
         train_from_config(cfg, log=None)
-    cfg = parse_config({"name": "y", "out_dir": str(tmp_path / "y"), "autoencoder": str(runs / "ldm"),
+    pixel = parse_config({"name": "px", "out_dir": str(tmp_path / "px"), "data": {"kind": "digits"},
+                          "net": {"kind": "dit", "patch_size": 2, "hidden": 16, "depth": 1, "heads": 2},
+                          "train": {"steps": 1, "batch_size": 8, **QUIET}})
+    train_from_config(pixel, log=None)
+    cfg = parse_config({"name": "y", "out_dir": str(tmp_path / "y"), "autoencoder": str(tmp_path / "px"),
                         "data": {"kind": "digits"}, "train": {"steps": 1, **QUIET}})
     with pytest.raises(ValueError, match="is not an autoencoder run"):
         train_from_config(cfg, log=None)
+
+
+def test_a_latent_run_named_as_autoencoder_lends_its_own(runs):
+    carried, original = load_codec(runs / "ldm"), load_codec(runs / "ae")
+    assert carried.scale == original.scale
+    for (k, a), (_, b) in zip(carried.ae.state_dict().items(), original.ae.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
 
 
 def test_the_autoencoder_stage_is_trained_first_when_none_is_given(tmp_path):
@@ -116,3 +133,62 @@ def test_info_names_the_autoencoder(runs):
     res = CliRunner().invoke(app, ["info", str(runs / "ldm")])
     assert res.exit_code == 0, res.output
     assert "images (1, 8, 8) -> latents (2, 4, 4)" in res.output
+
+
+def test_latent_known_cells_are_those_whose_whole_block_is_known():
+    known = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    known[0, 0, 5, 2] = False  # one unknown pixel: its 2x2 block's cell (2, 1) is to be filled
+    known[0, 0, :, 7] = False  # the last column: cells (:, 3)
+    cells = latent_known(known, (2, 4, 4))
+    want = torch.ones(4, 4, dtype=torch.bool)
+    want[2, 1] = False
+    want[:, 3] = False
+    assert cells.shape == (1, 2, 4, 4) and torch.equal(cells[0, 0], want) and torch.equal(cells[0, 1], want)
+    with pytest.raises(ValueError, match="does not tile the latents"):
+        latent_known(torch.ones(1, 1, 9, 9, dtype=torch.bool), (2, 4, 4))
+
+
+def test_latent_inpainting_holds_the_known_cells_and_pastes_the_known_pixels(runs, monkeypatch, tmp_path):
+    import kuosan.edit
+
+    pipe = kuosan.load(runs / "ldm", device="cpu")
+    images = build_data(parse_config({"data": {"kind": "digits"}}).data, 0).x[:3]
+    mask = torch.zeros(8, 8)
+    mask[:3] = 1  # the top three pixel rows known: latent row 0 (pixel rows 0-1) known, row 1 (2-3) filled
+    seen = {}
+    real = kuosan.edit.inpaint
+
+    def spy(den, x, known, **kw):
+        seen["x"], seen["known"] = x, known
+        return real(den, x, known, **kw)
+
+    monkeypatch.setattr(kuosan.edit, "inpaint", spy)
+    out = pipe.inpaint(images, mask, method="ddim", nfe=4, labels=[1, 2, 3], guidance=2.0)
+    assert out.shape == images.shape and torch.isfinite(out).all()
+    assert torch.equal(out[:, :, :3], images[:, :, :3])  # known pixels exactly the input's
+    assert not torch.allclose(out[:, :, 3:], images[:, :, 3:], atol=1e-3)
+    assert torch.allclose(seen["x"], pipe.codec.encode(images))  # the sampler sees the input's latents ...
+    assert seen["known"][:, :, 0].all() and not seen["known"][:, :, 1:].any()  # ... held on latent row 0 only
+    np.save(tmp_path / "in.npy", images.numpy())
+    res = CliRunner().invoke(app, ["edit", str(runs / "ldm"), "--inpaint", str(tmp_path / "in.npy"), "--mask",
+                                   "top-half", "--out", str(tmp_path / "e.png"), "--nfe", "4", "--method", "ddim"])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("method", ["lcm", "progressive"])
+def test_a_student_of_a_latent_teacher_learns_and_decodes_in_its_latent_space(runs, tmp_path, method):
+    from kuosan.distill import distill_config
+
+    teacher = runs / ("ldm-unet" if method == "lcm" else "ldm")
+    cfg = distill_config(method, teacher, ["train.steps=3", "train.batch_size=16", "train.threads=1",
+                                           "train.progress=false", "train.tensorboard=false"],
+                         out_dir=tmp_path / method)
+    assert cfg.autoencoder == teacher.resolve() and cfg.autoencoder_recipe is None
+    train_from_config(cfg, log=None)
+    assert not (tmp_path / method / "autoencoder").exists()  # no second autoencoder was trained
+    student, ref = kuosan.load(tmp_path / method, device="cpu"), kuosan.load(teacher, device="cpu")
+    assert student.data_shape == ref.data_shape == (2, 4, 4) and student.image_shape == (1, 8, 8)
+    for (k, a), (_, b) in zip(student.codec.ae.state_dict().items(), ref.codec.ae.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    x = student.generate(4, labels=[0, 1, 2, 3], guidance=2.0, seed=0)
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()

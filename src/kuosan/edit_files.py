@@ -113,7 +113,7 @@ def edit_run(run: str | Path, mode: str, inputs: str | Path, *, strength: float 
     spec = method or pipe.config.sample.method
     name, options = parse_sampler(spec)
     nfe = nfe or pipe.config.sample.nfe
-    x = read_inputs(inputs, pipe.data_shape)
+    x = read_inputs(inputs, pipe.image_shape)
     extra: dict[str, Any] = {}
     if mode == "img2img":
         y = pipe.img2img(x, strength, name, nfe, seed=seed, labels=labels, guidance=guidance, **options)
@@ -121,7 +121,7 @@ def edit_run(run: str | Path, mode: str, inputs: str | Path, *, strength: float 
     elif mode == "inpaint":
         if mask is None:
             raise ValueError("--inpaint needs --mask (a preset like top-half, an image file or an .npy)")
-        m = read_mask(mask, pipe.data_shape)
+        m = read_mask(mask, pipe.image_shape)
         y = pipe.inpaint(x, m, name, nfe, seed=seed, resample=resample, jump=jump, labels=labels,
                          guidance=guidance, reconstruction=reconstruction, **options)
         m = m.expand(x.shape).to(x)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .nets.autoencoder import Autoencoder
 
-__all__ = ["LatentCodec", "load_codec", "codec_from_checkpoint", "latent_dataset", "CODEC_MODULE"]
+__all__ = ["LatentCodec", "load_codec", "codec_from_checkpoint", "latent_dataset", "latent_known", "CODEC_MODULE"]
 
 CODEC_MODULE = "autoencoder"  # the checkpoint module (autoencoder.safetensors) a latent run carries
 
@@ -73,17 +73,20 @@ def _build(net: dict[str, Any], weights: dict[str, Tensor], scale: float, source
 
 def load_codec(run: str | Path, ema: bool = True, device: torch.device | str = "cpu") -> LatentCodec:
     """The autoencoder run at `run` (objective kind "autoencoder") with the latent scale its checkpoint recorded
-    for the weights used (EMA by default); anything else is refused naming it."""
+    for the weights used (EMA by default), or the autoencoder a latent run at `run` carries (so a student or a
+    second model of a latent run shares its latent space); anything else is refused naming it."""
     from .checkpoint import load_checkpoint
 
     path = Path(run).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"autoencoder run {path} does not exist (autoencoder={run})")
     ckpt = load_checkpoint(path, device=device)
+    if CODEC_MODULE in ckpt.state:  # a latent run: its own autoencoder
+        return codec_from_checkpoint(ckpt, device)
     obj = ckpt.state.get("objective") or {}
     if obj.get("kind") != "autoencoder" or "latent_scale" not in obj:
         raise ValueError(f"{ckpt.path} is not an autoencoder run (objective kind {obj.get('kind')!r}); train one "
-                         "with `kuosan train mnist-vae`")
+                         "with `kuosan train mnist-vae` (or name a latent run, whose autoencoder is used)")
     use_ema = ema and ckpt.ema is not None
     scale = obj["latent_scale"]["ema" if use_ema else "weights"]
     return _build(ckpt.state["net"], ckpt.ema if use_ema else ckpt.weights, scale,
@@ -114,3 +117,20 @@ def latent_dataset(data: Any, codec: LatentCodec) -> Any:
             f"std {float(z.std()):.3f})")
     return replace(data, x=z, heldout=heldout, value_range=None,
                    summary=f"{data.summary}; {note}" if data.summary else note)
+
+
+def latent_known(known: Tensor, latent_shape: tuple[int, ...]) -> Tensor:
+    """The known-pixel mask (N, C, H, W) of an inpainting task as a mask of latent cells (N, c, h, w): a cell is
+    known only where every pixel of its f x f block (f = H / h) is known in every channel, so the diffusion fills
+    every latent cell that touches an unknown pixel (the mask downsampled to the latent resolution as in Blended
+    Latent Diffusion, Avrahami et al. 2023, arXiv:2206.02779, §3; here by a min-pool rather than their bilinear
+    resize, so no unknown pixel is decoded from a latent held at the input's encoding)."""
+    c, h, w = latent_shape
+    n, _, height, width = known.shape
+    f = height // h
+    if f * h != height or f * w != width:
+        raise ValueError(f"the mask of shape {tuple(known.shape)} does not tile the latents {tuple(latent_shape)}: "
+                         "the image side must be a multiple of the latent side")
+    every = known.all(dim=1, keepdim=True).float()
+    cells = -torch.nn.functional.max_pool2d(-every, f) > 0.5  # min-pool: known iff all f x f pixels are
+    return cells.expand(n, c, h, w)

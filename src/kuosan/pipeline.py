@@ -272,25 +272,36 @@ class Pipeline:
         """Fill images (N, *data_shape) where mask = 0, keep them exactly where mask = 1; mask broadcasts to the
         images ((H, W), (1, H, W), (N, 1, H, W), ...). resample > 1: RePaint with chunks of `jump` steps
         (Lugmayr et al. 2022, arXiv:2201.09865); reconstruction = w_r > 0: reconstruction guidance (Ho et al.
-        2022, arXiv:2204.03458, eq. 7); see kuosan.edit.inpaint."""
+        2022, arXiv:2204.03458, eq. 7); see kuosan.edit.inpaint.
+        A latent run inpaints in latent space: the latent cells whose pixels are all known are held at the
+        input's encoding (kuosan.latent.latent_known), the rest diffused, decoded, and the known pixels pasted
+        back, so they are the input's exactly here too (Blended Latent Diffusion, Avrahami et al. 2023,
+        arXiv:2206.02779, §3)."""
         from .edit import inpaint, known_mask
 
+        pixels = self._pixels(images)
+        known = known_px = known_mask(mask, pixels)
         if self.codec is not None:
-            raise ValueError(f"{self.run_dir} is a latent run: inpainting in latent space is not built (img2img is)")
-        known = known_mask(mask, self._images(images))
-        return self._edit(lambda den, x, i, **kw: inpaint(den, x, known[i].to(x.device), resample=resample,
-                                                          jump=jump, reconstruction=reconstruction, **kw),
-                          images, method, nfe, seed, labels, guidance, clip_x0, batch_size, options)
+            from .latent import latent_known
+
+            known = latent_known(known_px, self.data_shape)
+        out = self._edit(lambda den, x, i, **kw: inpaint(den, x, known[i].to(x.device), resample=resample,
+                                                         jump=jump, reconstruction=reconstruction, **kw),
+                         images, method, nfe, seed, labels, guidance, clip_x0, batch_size, options)
+        return out if self.codec is None else torch.where(known_px, pixels, out)
 
     def _images(self, images: Tensor) -> Tensor:
-        """images as float32 on the pipeline's device, checked against the run's data shape and range (a latent
-        run's images are then encoded)."""
+        """images as the model sees them: _pixels, then encoded on a latent run."""
+        x = self._pixels(images)
+        return x if self.codec is None else self.codec.encode(x)
+
+    def _pixels(self, images: Tensor) -> Tensor:
+        """images as float32 on the pipeline's device, checked against the run's image shape and data range (not
+        on a latent run: its decoder's images, e.g. its own samples, may overshoot the range slightly)."""
         x = torch.as_tensor(images).to(self.device, torch.float32)
         if tuple(x.shape[1:]) != self.image_shape or len(x) == 0:
             raise ValueError(f"images of shape {tuple(x.shape)} do not match this run's data: need "
                              f"(N, {', '.join(map(str, self.image_shape))})")
-        if self.codec is not None:
-            return self.codec.encode(x)
         lo_hi = _range(self.config)
         if lo_hi is not None and x.abs().max() > lo_hi[1] + 1e-3:
             raise ValueError(f"images must lie in [{lo_hi[0]:g}, {lo_hi[1]:g}] (data space); found "

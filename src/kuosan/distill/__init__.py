@@ -50,7 +50,9 @@ def _merge(tree: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
 def distill_config(method: str, teacher: str | Path, overrides: list[str] | None = None,
                    out_dir: str | Path | None = None) -> RunConfig:
     """The config `kuosan distill METHOD TEACHER` trains: the teacher run's config, named <teacher>-<method>,
-    teacher = the teacher run (absolute), objective.kind = method, the method's defaults, then --set overrides."""
+    teacher = the teacher run (absolute), objective.kind = method, the method's defaults, then --set overrides.
+    A latent teacher's student learns in the same latent space: its `autoencoder` is the teacher run, whose
+    carried autoencoder (kuosan.latent.load_codec) encodes the data and decodes the student's samples."""
     from ..checkpoint import load_checkpoint
     from ..config import apply_overrides, config_dict, parse_config
     from ..pipeline import load_config_of
@@ -70,6 +72,8 @@ def distill_config(method: str, teacher: str | Path, overrides: list[str] | None
     tree["name"] = f"{tcfg.name}-{method}"
     tree["teacher"] = str(ckpt.path.parents[1].resolve())
     tree["objective"] = {"kind": method, "p_uncond": tcfg.objective.p_uncond}
+    if tcfg.autoencoder is not None or tcfg.autoencoder_recipe is not None:  # a latent teacher: its latent space
+        tree["autoencoder"], tree["autoencoder_recipe"] = tree["teacher"], None  # = the autoencoder it carries
     tree = _merge(tree, mod.defaults(tcfg))
     apply_overrides(tree, list(overrides or []))
     if hasattr(mod, "after_overrides"):  # defaults that follow from an overridden field (reflow: the stage's sampler)
