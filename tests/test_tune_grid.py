@@ -85,6 +85,13 @@ def test_tune_steps_stores_a_grid_that_sample_uses(tmp_path):
     assert "using the tuned grid" in tuned.output and "tuned grid" not in default.output
     a, b = np.load(tmp_path / "a.npz")["samples"], np.load(tmp_path / "b.npz")["samples"]
     assert a.shape == b.shape == (16, 2) and not np.allclose(a, b)  # the same draws, another grid
+    ev = ("eval", run, "--samplers", "dpmpp-2m", "--nfe", "4", "--n", "16", "--out")
+    assert invoke(*ev, tmp_path / "e1").exit_code == 0
+    assert invoke(*ev, tmp_path / "e2", "--grid", "default").exit_code == 0
+    rows = [json.loads((tmp_path / e / "report.json").read_text())["results"][0] for e in ("e1", "e2")]
+    assert rows[0]["grid"] == str(run / "grids" / "dpmpp-2m-4.json") and rows[1]["grid"] is None
+    e1, e2 = (np.load(tmp_path / e / "samples" / "dpmpp-2m-4.npz")["samples"] for e in ("e1", "e2"))
+    assert not np.allclose(e1, e2)  # eval, too, sampled on the stored grid unless told --grid default
     (run / "grids" / "dpmpp-2m-4.json").write_text('{"method": "dpmpp-2m", "nfe": 4, "times": [0.5, 0.9]}')
     bad = invoke(*args, tmp_path / "c.png")
     assert bad.exit_code == 1 and "not a descending grid" in bad.output

@@ -92,6 +92,9 @@ def eval_(
                                        "dynamic; default: the run's."),
     guidance: str | None = typer.Option(None, help="Class-conditional runs: classifier-free guidance scales to "
                                         "sweep, e.g. 0,1,2,3,5 (adds class accuracy and an FD-vs-accuracy plot)."),
+    grid: str | None = typer.Option(None, "--grid", help="'default': ignore the grids stored in the run (kuosan "
+                                    "tune-steps, a consistency / LCM student's own); by default a sampler named "
+                                    "without options uses the stored grid for its NFE, as kuosan sample does."),
 ) -> None:
     """Sample quality against NFE (FD, KID, precision/recall) per sampler against held-out data:
     report.md/json, plot, sample sheets."""
@@ -100,11 +103,13 @@ def eval_(
     try:
         if n < 2:
             raise ValueError(f"--n must be at least 2; got {n}")
+        if grid not in (None, "default"):
+            raise ValueError(f"--grid takes only 'default' (ignore the run's stored grids); got {grid!r}")
         budgets = {"*": nfe, **dict(item.rsplit("=", 1) for item in nfe_for)}
         nfes = {s.strip(): [int(k) for k in v.split(",") if k.strip()] for s, v in budgets.items()}
         run_eval(checkpoint, [s.strip() for s in samplers.split(",") if s.strip()], nfes, n, nll, out_dir,
                  nll_n=nll_n, inception=inception, seed=seed, ema=ema, device=device, clip_x0=clip_x0,
-                 guidance=parse_floats(guidance, "--guidance"),
+                 guidance=parse_floats(guidance, "--guidance"), tuned=grid != "default",
                  log=lambda line: out.print(line, markup=False, highlight=False))
     except _expected_errors() as err:
         raise _fail(err) from None

@@ -212,17 +212,21 @@ def draw_samples(
     num_classes: int | None = None,
     progress: bool = True,
     decode: Callable[[Tensor], Tensor] | None = None,
+    grid: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """shape[0] samples by `method` (a sampler spec, see parse_sampler) with an `nfe` budget, in batches;
     returns (x, {nfe_used, seconds}). A class-conditional model (num_classes) gets the classes in turn,
     y = i mod num_classes. progress: a bar (stderr) counting network evaluations. decode: latents -> images for
-    a latent run (kuosan.latent; its decoding time is counted)."""
+    a latent run (kuosan.latent; its decoding time is counted). grid: descending times that replace the method's
+    own grid (a run's tuned grid, kuosan.tuned_grids)."""
     from tqdm.auto import tqdm
 
     from ..pipeline import generate
 
     spec = method
     method, options = parse_sampler(method)
+    if grid is not None:
+        options["grid"] = grid
     g = torch.Generator(device).manual_seed(seed)
     n, batches, evaluations = shape[0], [], 0
     n_batches = -(-n // batch_size)

@@ -10,6 +10,7 @@ one step, a method the process does not support) are skipped with the reason in 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -79,11 +80,13 @@ def accuracy(x: torch.Tensor, ref: Reference, num_classes: int | None) -> float 
 
 
 def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, tag: str | None = None,
-           w: float | None = None) -> tuple:
+           w: float | None = None, tuned: Callable[[str, int], Any] | None = None) -> tuple:
     """Every (sampler, NFE): samples (saved to out/samples/<sampler>-<nfe>[-w<w>].npz, and taken from there when
     a run with the same n, seed and checkpoint `tag` saved them: a killed eval resumes), their quality, class
     accuracy and timing; skipped combinations with the reason. draw_kw: seed, batch_size, device, num_classes.
-    w: the classifier-free guidance scale of `denoiser` (None: no guidance), recorded in each row."""
+    w: the classifier-free guidance scale of `denoiser` (None: no guidance), recorded in each row.
+    tuned(method, nfe) -> (file, times) or None: the run's stored grid, used for a sampler named without options
+    (as `kuosan sample` does)."""
     results, skipped, sheets = [], [], {}
     (out / "samples").mkdir(exist_ok=True)
     for sampler in samplers:
@@ -95,9 +98,13 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, 
         for nfe in nfes.get(sampler, nfes.get("*", ())) if isinstance(nfes, Mapping) else nfes:
             suffix = "" if w is None else f"-w{w:g}"
             path = out / "samples" / f"{file_stem(sampler)}-{nfe}{suffix}.npz"
-            saved = _saved(path, shape[0], draw_kw["seed"], tag)
+            method, options = parse_sampler(sampler)
+            found = tuned(method, nfe) if tuned is not None and not options else None
+            grid = None if found is None else str(found[0])
+            saved = _saved(path, shape[0], draw_kw["seed"], tag if grid is None else f"{tag} grid={grid}")
             try:
-                x, timing = saved or draw_samples(denoiser, shape, sampler, nfe, **draw_kw)
+                x, timing = saved or draw_samples(denoiser, shape, sampler, nfe, **draw_kw,
+                                                  grid=None if found is None else found[1])
             except (ValueError, NotImplementedError) as err:
                 skipped.append({"sampler": sampler, "nfe": nfe, "reason": str(err).splitlines()[0]})
                 log(f"  {sampler:>14s} NFE {nfe:5d}: skipped ({err})")
@@ -106,13 +113,13 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, 
                 skipped.append({"sampler": sampler, "nfe": nfe, "reason": "samples are not finite"})
                 continue
             if saved is None:
-                _save(path, x, draw_kw["seed"], tag, timing)
+                _save(path, x, draw_kw["seed"], tag if grid is None else f"{tag} grid={grid}", timing)
             row = {"sampler": sampler if w is None else f"{sampler} w={w:g}", "method": sampler, "guidance": w,
                    "nfe": nfe, **timing, **quality(x, ref), "accuracy": accuracy(x, ref, draw_kw["num_classes"]),
-                   "reused": saved is not None}
+                   "reused": saved is not None, "grid": grid}
             results.append(row)
             sheets.setdefault(row["sampler"], {})[nfe] = x[:16]
-            note = " (saved samples)" if saved is not None else ""
+            note = (" (saved samples)" if saved is not None else "") + ("" if grid is None else f" (grid {grid})")
             acc = "" if row["accuracy"] is None else f"  acc {row['accuracy']:.3f}"
             log(f"  {row['sampler']:>14s} NFE {nfe:5d}: FD {row['fd']:.3f}  P {row['precision']:.2f}  "
                 f"R {row['recall']:.2f}{acc}  {row['seconds_per_1000']:.1f} s/1000{note}")
@@ -139,12 +146,14 @@ def evaluate(
     guided: Mapping[float, Any] | None = None,
     log: Callable[[str], None] = print,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    tuned: Callable[[str, int], Any] | None = None,
 ) -> dict[str, Any]:
     """Score `denoiser` against `ref` for every sampler and NFE, write report.md/json and figures into `out`.
     nfes: one list for every sampler, or {sampler: list} ("*": the list of samplers not named).
     guided: {w: the model under classifier-free guidance w} to score instead of `denoiser`, one set of rows per
     w, plus the trade-off of FD against class accuracy (Ho & Salimans 2022, arXiv:2207.12598, Fig. 2).
-    decode: a latent run's decoder; data_shape is then the latents' and ref holds images."""
+    decode: a latent run's decoder; data_shape is then the latents' and ref holds images.
+    tuned(method, nfe) -> (file, times) or None: a run's stored grids (kuosan.tuned_grids.load_tuned)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     floor = quality(ref.heldout, ref)
@@ -160,7 +169,8 @@ def evaluate(
         if w is not None:
             log(f"guidance w = {w:g}")
         tag_w = None if tag is None else f"{tag} w={w}"
-        res, skip, sheet = _sweep(model, (n, *data_shape), list(samplers), nfes, ref, out, draw_kw, log, tag_w, w)
+        res, skip, sheet = _sweep(model, (n, *data_shape), list(samplers), nfes, ref, out, draw_kw, log, tag_w, w,
+                                    tuned)
         results += res
         skipped += [{**s, "guidance": w} for s in skip]
         sheets.update(sheet)
@@ -214,11 +224,15 @@ def run_eval(
     clip_x0: str | None = None,
     guidance: Sequence[float] | None = None,
     log: Callable[[str], None] = print,
+    tuned: bool = True,
 ) -> dict[str, Any]:
     """`kuosan eval`: load a trained run and `evaluate` it into <run>/eval (or `out`); returns the report dict.
+    tuned: a sampler named without options uses the run's stored grid for its NFE where there is one (kuosan
+    tune-steps; a consistency or LCM student's own grids), as `kuosan sample` does.
     clip_x0: the x0 clipping of every sampler ("auto", "none", "clip", "dynamic"; default: the run's).
     guidance: classifier-free guidance scales to sweep (class-conditional runs; 0 = unconditional, 1 = conditional)."""
     from ..pipeline import load
+    from ..tuned_grids import load_tuned
 
     pipe = load(checkpoint, ema=ema, device=device)
     denoiser, cfg, ckpt, dev = pipe.model(clip_x0=clip_x0), pipe.config, pipe.checkpoint, pipe.device
@@ -234,4 +248,5 @@ def run_eval(
     return evaluate(denoiser, ref, data_shape, out if out is not None else ckpt.path.parents[1] / "eval",
                     samplers, nfes, n, nll, name=f"{pipe.run_dir.name} (step {ckpt.step})", meta=meta, seed=seed,
                     batch_size=batch_size, nll_n=nll_n, device=dev, num_classes=ckpt.state.get("num_classes"),
-                    guided=guided, log=log, decode=None if pipe.codec is None else pipe.decode)
+                    guided=guided, log=log, decode=None if pipe.codec is None else pipe.decode,
+                    tuned=functools.partial(load_tuned, pipe.run_dir) if tuned else None)
