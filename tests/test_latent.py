@@ -192,3 +192,24 @@ def test_a_student_of_a_latent_teacher_learns_and_decodes_in_its_latent_space(ru
         assert torch.equal(a, b), k
     x = student.generate(4, labels=[0, 1, 2, 3], guidance=2.0, seed=0)
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_a_lora_adapter_of_a_latent_run_learns_in_its_latent_space(runs, tmp_path):
+    from kuosan.train.finetune import finetune_config
+
+    cfg = finetune_config(runs / "ldm-unet", 2, overrides=["train.steps=2", "train.batch_size=16", "train.threads=1",
+                                                           "train.progress=false", "train.tensorboard=false"],
+                          out_dir=tmp_path / "lora")
+    assert cfg.autoencoder == (runs / "ldm-unet").resolve() and cfg.autoencoder_recipe is None
+    train_from_config(cfg, log=None)
+    pipe = kuosan.load(tmp_path / "lora", device="cpu")
+    assert pipe.codec is not None and pipe.data_shape == (2, 4, 4)
+    assert pipe.generate(3, labels=[1, 2, 3], nfe=3, method="ddim").shape == (3, 1, 8, 8)
+
+
+def test_controlnet_on_a_latent_run_is_refused_by_name(runs, tmp_path):
+    cfg = parse_config({"name": "c", "out_dir": str(tmp_path / "c"), "base": str(runs / "ldm-unet"),
+                        "data": {"kind": "digits"}, "objective": {"kind": "control"},
+                        "train": {"steps": 1, **QUIET}})
+    with pytest.raises(ValueError, match="is a latent run: ControlNet on latent runs is not built"):
+        train_from_config(cfg, log=None)

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .nets.autoencoder import Autoencoder
 
-__all__ = ["LatentCodec", "load_codec", "codec_from_checkpoint", "latent_dataset", "latent_known", "CODEC_MODULE"]
+__all__ = ["LatentCodec", "load_codec", "codec_from_checkpoint", "latent_dataset", "latent_known", "share_latent_space",
+           "CODEC_MODULE"]
 
 CODEC_MODULE = "autoencoder"  # the checkpoint module (autoencoder.safetensors) a latent run carries
 
@@ -102,6 +103,15 @@ def codec_from_checkpoint(ckpt: Any, device: torch.device | str = "cpu") -> Late
         raise FileNotFoundError(f"{ckpt.path} is a latent run but holds no {CODEC_MODULE}.safetensors (its "
                                 "autoencoder); copy it back from the run it was trained in")
     return _build(rec["net"], ckpt.modules[CODEC_MODULE], rec["scale"], rec.get("source", ""), device)
+
+
+def share_latent_space(tree: dict[str, Any], source_cfg: Any, source_run: str | Path) -> dict[str, Any]:
+    """The config tree of a run derived from `source_run` (a student, a LoRA adapter) made to learn in its latent
+    space: where the source is a latent run, `autoencoder` names the source run itself (whose carried autoencoder
+    load_codec returns) and no autoencoder stage is trained; a pixel-space source leaves the tree as it is."""
+    if source_cfg.autoencoder is not None or source_cfg.autoencoder_recipe is not None:
+        tree["autoencoder"], tree["autoencoder_recipe"] = str(Path(source_run).resolve()), None
+    return tree
 
 
 def latent_dataset(data: Any, codec: LatentCodec) -> Any:

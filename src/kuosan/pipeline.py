@@ -369,12 +369,13 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "auto"
         raise ValueError(f"{ckpt.path} is an autoencoder run (objective kind 'autoencoder'): it has no diffusion "
                          "model to sample; it is the first stage of a latent diffusion run")
     if cfg.base is not None:  # an adapter run: the base run's network with this run's weights applied
-        return _load_adapted(ckpt, cfg, ema, dev)
-    net = build_net(**_net_kwargs(ckpt.state))
-    weights = ckpt.ema if ema and ckpt.ema is not None else ckpt.weights
-    net.load_state_dict(weights)
-    net.to(dev).eval().requires_grad_(False)
-    pipe = Pipeline(build_denoiser(cfg, net), cfg, ckpt, device=dev)
+        pipe = _load_adapted(ckpt, cfg, ema, dev)
+    else:
+        net = build_net(**_net_kwargs(ckpt.state))
+        weights = ckpt.ema if ema and ckpt.ema is not None else ckpt.weights
+        net.load_state_dict(weights)
+        net.to(dev).eval().requires_grad_(False)
+        pipe = Pipeline(build_denoiser(cfg, net), cfg, ckpt, device=dev)
     if CODEC_MODULE in ckpt.state:  # a latent run: the autoencoder it carries (kuosan/latent.py)
         from .latent import codec_from_checkpoint
 

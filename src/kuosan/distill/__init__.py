@@ -55,6 +55,7 @@ def distill_config(method: str, teacher: str | Path, overrides: list[str] | None
     carried autoencoder (kuosan.latent.load_codec) encodes the data and decodes the student's samples."""
     from ..checkpoint import load_checkpoint
     from ..config import apply_overrides, config_dict, parse_config
+    from ..latent import share_latent_space
     from ..pipeline import load_config_of
 
     mod = _module(method)
@@ -72,8 +73,7 @@ def distill_config(method: str, teacher: str | Path, overrides: list[str] | None
     tree["name"] = f"{tcfg.name}-{method}"
     tree["teacher"] = str(ckpt.path.parents[1].resolve())
     tree["objective"] = {"kind": method, "p_uncond": tcfg.objective.p_uncond}
-    if tcfg.autoencoder is not None or tcfg.autoencoder_recipe is not None:  # a latent teacher: its latent space
-        tree["autoencoder"], tree["autoencoder_recipe"] = tree["teacher"], None  # = the autoencoder it carries
+    share_latent_space(tree, tcfg, tree["teacher"])  # a latent teacher: the student learns in its latent space
     tree = _merge(tree, mod.defaults(tcfg))
     apply_overrides(tree, list(overrides or []))
     if hasattr(mod, "after_overrides"):  # defaults that follow from an overridden field (reflow: the stage's sampler)

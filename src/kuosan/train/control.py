@@ -52,6 +52,9 @@ def adopt_base(cfg: RunConfig) -> tuple[RunConfig, UNet]:
     if base_cfg.base is not None:
         raise ValueError(f"base run {path} is itself an adapter run (objective {base_cfg.objective.kind!r}, base "
                          f"{base_cfg.base}); give the run it adapts")
+    if pipe.codec is not None:
+        raise ValueError(f"base run {path} is a latent run: ControlNet on latent runs is not built (its condition "
+                         "images would need an encoder to the latent resolution); control a pixel-space run")
     if base_cfg.net.kind != "unet" or not isinstance(pipe.denoiser.net, UNet):
         raise ValueError(f"ControlNet controls a U-Net; base run {path} has net kind {base_cfg.net.kind!r}")
     update: dict[str, Any] = {k: getattr(base_cfg, k) for k in BASE_SECTIONS}

@@ -111,6 +111,7 @@ def finetune_config(base_run: str | Path, rank: int, alpha: float | None = None,
     base = the base run (absolute), name <base>-lora<rank>, FINETUNE_TRAIN, then the --set overrides."""
     from ..checkpoint import load_checkpoint
     from ..config import apply_overrides
+    from ..latent import share_latent_space
     from ..pipeline import load_config_of
 
     base_run = Path(base_run)
@@ -127,6 +128,7 @@ def finetune_config(base_run: str | Path, rank: int, alpha: float | None = None,
     tree["objective"] = {"kind": "lora", "p_uncond": base_cfg.objective.p_uncond, "rank": rank, "alpha": alpha,
                          "targets": targets}
     tree["train"] = {**tree["train"], **FINETUNE_TRAIN}
+    share_latent_space(tree, base_cfg, base_run)  # a latent base: the adapter learns in its latent space
     apply_overrides(tree, list(overrides or []))
     if out_dir is not None:
         tree["out_dir"] = str(out_dir)
