@@ -342,6 +342,7 @@ class TrainConfig(_Strict):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n))
     bf16: bool = False
+    compile: bool = False  # torch.compile the online net for training (compiling first takes minutes; train/speed.py)
     seed: int = Field(0, ge=0)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: torch's default (1 under torchrun)
@@ -503,7 +504,7 @@ def _section_hint(tree: dict[str, Any], key: str) -> str:
 
 
 RESUMABLE_KEYS = ("train.steps", "train.ckpt_every", "train.sample_every", "train.log_every", "train.keep",
-                  "train.threads", "train.device", "train.progress", "train.tensorboard", "sample.")
+                  "train.threads", "train.device", "train.compile", "train.progress", "train.tensorboard", "sample.")
 
 
 def parse_config(tree: dict[str, Any], source: str = "<config>") -> RunConfig:

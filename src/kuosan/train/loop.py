@@ -33,6 +33,7 @@ from .distributed import Dist, setup, teardown
 from .ema import EMA
 from .monitor import Monitor
 from .objectives import Objective
+from .speed import adamw, compiled
 
 __all__ = ["fit", "TrainResult", "TrainingDiverged", "learning_rate"]
 
@@ -89,14 +90,14 @@ class _Run:
         self.opts, self.run_dir, self.dist, self.meta = opts, run_dir, dist, meta or {}
         self.obj = objective.to(dist.device)
         self.net = objective.net
-        objective.bind(dist.wrap(self.net))
+        objective.bind(compiled(dist.wrap(self.net), opts.compile))  # the loss calls it; EMA, saves see self.net
         self.ema = EMA(self.net, opts.ema_decay, opts.ema_warmup)
         groups = [{"params": list(g["params"]), "lr_scale": float(g.get("lr_scale", 1.0))}
                   for g in objective.param_groups()]
         self.params = [p for g in groups for p in g["params"]]
         if not self.params:
             raise ValueError(f"the {objective.kind} objective has no trainable parameters")
-        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=opts.lr, weight_decay=opts.weight_decay)
+        self.opt = adamw([g for g in groups if g["params"]], lr=opts.lr, weight_decay=opts.weight_decay)
         self.step = 0
         self.last_ckpt: Path | None = None
 
