@@ -213,3 +213,27 @@ def test_controlnet_on_a_latent_run_is_refused_by_name(runs, tmp_path):
                         "train": {"steps": 1, **QUIET}})
     with pytest.raises(ValueError, match="is a latent run: ControlNet on latent runs is not built"):
         train_from_config(cfg, log=None)
+
+
+def test_a_latent_run_clips_x0_to_its_training_latents_range(runs, tmp_path):
+    codec = load_codec(runs / "ae")
+    z = codec.encode(build_data(parse_config({"data": {"kind": "digits", "conditional": True}}).data, 0).x)
+    want = z.abs().amax(dim=(0, 2, 3))
+    pipe = kuosan.load(runs / "ldm", device="cpu")
+    assert torch.allclose(torch.tensor(pipe.codec.bound), want)  # recorded at training: max |z| per channel
+    big = torch.full((1, 2, 4, 4), 100.0)
+    assert torch.allclose(pipe.model().clip_x0(big), want.view(1, 2, 1, 1).expand_as(big))
+    assert torch.allclose(pipe.model().clip_x0(-big), -want.view(1, 2, 1, 1).expand_as(big))
+    assert pipe.model(clip_x0="none").clip_x0 is None
+    with pytest.raises(ValueError, match="'dynamic'"):
+        pipe.model(clip_x0="dynamic")
+    copy = tmp_path / "old"  # a run trained before the bound was recorded: loading derives it from its data
+    shutil.copytree(runs / "ldm", copy)
+    latest = (copy / "checkpoints" / "latest").read_text().strip()
+    state_path = copy / "checkpoints" / latest / "state.json"
+    import json
+
+    state = json.loads(state_path.read_text())
+    del state["autoencoder"]["bound"]
+    state_path.write_text(json.dumps(state))
+    assert torch.allclose(torch.tensor(kuosan.load(copy, device="cpu").codec.bound), want)

@@ -13,6 +13,7 @@ checkpoint whose autoencoder file is gone is refused naming the file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from torch import Tensor
 
 from .nets.autoencoder import Autoencoder
 
-__all__ = ["LatentCodec", "load_codec", "codec_from_checkpoint", "latent_dataset", "latent_known", "share_latent_space",
-           "CODEC_MODULE"]
+__all__ = ["LatentCodec", "load_codec", "codec_from_checkpoint", "latent_dataset", "latent_bound", "latent_known",
+           "share_latent_space", "CODEC_MODULE"]
 
 CODEC_MODULE = "autoencoder"  # the checkpoint module (autoencoder.safetensors) a latent run carries
 
@@ -36,6 +37,7 @@ class LatentCodec:
     scale: float
     net: dict[str, Any]  # the Autoencoder's keyword arguments
     source: str = ""  # the autoencoder run it came from, and its step
+    bound: list[float] | None = None  # per channel, max |latent| of the run's training data (latent_bound)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -59,17 +61,37 @@ class LatentCodec:
     def record(self) -> dict[str, Any]:
         """What a latent run's checkpoint state records (its weights are the checkpoint's module CODEC_MODULE)."""
         return {"net": dict(self.net), "scale": self.scale, "image_shape": list(self.image_shape),
-                "latent_shape": list(self.latent_shape), "source": self.source}
+                "latent_shape": list(self.latent_shape), "source": self.source, "bound": self.bound}
+
+    def clipper(self, kind: str) -> Callable[[Tensor], Tensor] | None:
+        """The x0 transform a `sample.clip_x0` setting names in latent space: "auto" and "clip" clamp each channel
+        of x0 to [-bound, bound], the range of the run's training latents (none where no bound is known); "none"
+        none. The latent counterpart of DDPM's clipping to the image range (Ho et al. 2020, arXiv:2006.11239,
+        §3.3): an eps model's x0 = (x_t - sigma eps) / alpha amplifies its error by sigma / alpha (157 at t_max
+        under DDPM's linear betas), so a few-step solver's first x0 lands far outside the data without it
+        (measured in docs/latent.md). "dynamic" (Imagen's percentile rule) is defined for images and refused."""
+        if kind == "dynamic":
+            raise ValueError("clip_x0='dynamic' (Imagen's percentile thresholding) is for image data; a latent run "
+                             "takes auto / clip (the training latents' range) or none")
+        if kind == "none" or self.bound is None:
+            return None
+        b = torch.tensor(self.bound)
+
+        def clamp_latents(x0: Tensor) -> Tensor:
+            lim = b.to(x0).view(1, -1, *([1] * (x0.ndim - 2)))
+            return torch.maximum(torch.minimum(x0, lim), -lim)
+
+        return clamp_latents
 
 
 def _build(net: dict[str, Any], weights: dict[str, Tensor], scale: float, source: str,
-           device: torch.device | str) -> LatentCodec:
+           device: torch.device | str, bound: list[float] | None = None) -> LatentCodec:
     from .nets import build_net
 
     ae = build_net(**{"kind": "autoencoder", **net})
     ae.load_state_dict(weights)
     ae.to(device).eval().requires_grad_(False)
-    return LatentCodec(ae, float(scale), dict(net), source)
+    return LatentCodec(ae, float(scale), dict(net), source, None if bound is None else [float(b) for b in bound])
 
 
 def load_codec(run: str | Path, ema: bool = True, device: torch.device | str = "cpu") -> LatentCodec:
@@ -102,7 +124,8 @@ def codec_from_checkpoint(ckpt: Any, device: torch.device | str = "cpu") -> Late
     if CODEC_MODULE not in ckpt.modules:
         raise FileNotFoundError(f"{ckpt.path} is a latent run but holds no {CODEC_MODULE}.safetensors (its "
                                 "autoencoder); copy it back from the run it was trained in")
-    return _build(rec["net"], ckpt.modules[CODEC_MODULE], rec["scale"], rec.get("source", ""), device)
+    return _build(rec["net"], ckpt.modules[CODEC_MODULE], rec["scale"], rec.get("source", ""), device,
+                  rec.get("bound"))
 
 
 def share_latent_space(tree: dict[str, Any], source_cfg: Any, source_run: str | Path) -> dict[str, Any]:
@@ -112,6 +135,11 @@ def share_latent_space(tree: dict[str, Any], source_cfg: Any, source_run: str | 
     if source_cfg.autoencoder is not None or source_cfg.autoencoder_recipe is not None:
         tree["autoencoder"], tree["autoencoder_recipe"] = str(Path(source_run).resolve()), None
     return tree
+
+
+def latent_bound(z: Tensor) -> list[float]:
+    """Per channel, the largest |z| over latents z (N, C, ...): the range LatentCodec.clipper clamps x0 to."""
+    return z.abs().amax(dim=(0, *range(2, z.ndim))).tolist()
 
 
 def latent_dataset(data: Any, codec: LatentCodec) -> Any:

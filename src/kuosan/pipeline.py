@@ -164,7 +164,8 @@ class Pipeline:
         """The Denoiser with classifier-free guidance w (w = 1: the conditional model; optionally only on an
         interval of noise levels sigma/alpha, and rescaled: see Denoiser) and the run's x0 clipping (or
         `clip_x0`) applied. guidance_interval "run": the run's sample.guidance_interval; None: guide everywhere."""
-        clip = x0_clipper(clip_x0 or self.config.sample.clip_x0, _range(self.config))
+        kind = clip_x0 or self.config.sample.clip_x0
+        clip = x0_clipper(kind, _range(self.config)) if self.codec is None else self.codec.clipper(kind)
         if self.config.net.kwargs.get("guidance_embedding"):  # LCM students: w is an input, one evaluation a step
             from .lcm_function import default_w, embedded_guidance
 
@@ -380,7 +381,21 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "auto"
         from .latent import codec_from_checkpoint
 
         pipe.codec = codec_from_checkpoint(ckpt, dev)
+        if pipe.codec.bound is None:  # a run trained before the bound was recorded: its training latents give it
+            pipe.codec.bound = _latent_bound_of(cfg, pipe.codec)
     return pipe
+
+
+def _latent_bound_of(cfg: RunConfig, codec: Any) -> list[float] | None:
+    """The latent range of cfg's training data (kuosan.latent.latent_bound), or None where the data is gone."""
+    from .latent import latent_bound
+    from .registry import build_data
+
+    try:
+        data = build_data(cfg.data, cfg.train.seed)
+    except (OSError, ValueError, ImportError):
+        return None
+    return latent_bound(codec.encode(data.x.to(next(codec.ae.parameters()).device)))
 
 
 def _load_adapted(ckpt: Checkpoint, cfg: RunConfig, ema: bool, dev: torch.device) -> Pipeline:

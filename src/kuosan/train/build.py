@@ -108,10 +108,11 @@ def train_from_config(
     data = build_data(cfg.data, cfg.train.seed)
     codec = None
     if cfg.autoencoder is not None:  # latent diffusion: the model learns the autoencoder's scaled latents
-        from ..latent import latent_dataset, load_codec
+        from ..latent import latent_bound, latent_dataset, load_codec
 
         codec = load_codec(cfg.autoencoder)
         data = latent_dataset(data, codec)
+        codec.bound = latent_bound(data.x)  # the x0 range its samplers clip to (LatentCodec.clipper)
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 writes
     if log is not None and main and (data.summary or data.skipped):
         log(data.summary or f"skipped {len(data.skipped)} file(s): {', '.join(data.skipped[:5])}")
