@@ -75,10 +75,14 @@ class LatentCodec:
                              "takes auto / clip (the training latents' range) or none")
         if kind == "none" or self.bound is None:
             return None
-        b = torch.tensor(self.bound)
+        limits: dict[tuple, Tensor] = {}  # the bound as a tensor per (device, dtype, ndim): made once, not per call
 
         def clamp_latents(x0: Tensor) -> Tensor:
-            lim = b.to(x0).view(1, -1, *([1] * (x0.ndim - 2)))
+            key = (x0.device, x0.dtype, x0.ndim)
+            if key not in limits:
+                limits[key] = torch.tensor(self.bound, device=x0.device, dtype=x0.dtype).view(
+                    1, -1, *([1] * (x0.ndim - 2)))
+            lim = limits[key]
             return torch.maximum(torch.minimum(x0, lim), -lim)
 
         return clamp_latents

@@ -91,14 +91,13 @@ def _sweep(denoiser, shape, samplers, nfes, ref, out: Path, draw_kw: dict, log, 
     (out / "samples").mkdir(exist_ok=True)
     for sampler in samplers:
         try:
-            parse_sampler(sampler)
+            method, options = parse_sampler(sampler)
         except ValueError as err:  # not a kuosan method, nor another tool's name with a kuosan equivalent
             skipped.append({"sampler": sampler, "nfe": None, "reason": str(err)})
             continue
         for nfe in nfes.get(sampler, nfes.get("*", ())) if isinstance(nfes, Mapping) else nfes:
             suffix = "" if w is None else f"-w{w:g}"
             path = out / "samples" / f"{file_stem(sampler)}-{nfe}{suffix}.npz"
-            method, options = parse_sampler(sampler)
             found = tuned(method, nfe) if tuned is not None and not options else None
             grid = None if found is None else str(found[0])
             saved = _saved(path, shape[0], draw_kw["seed"], tag if grid is None else f"{tag} grid={grid}")
