@@ -10,10 +10,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch first, pinned to the CPU wheel; the package's own range (torch>=2.4) is then already satisfied.
-$(STAMP): pyproject.toml | $(BIN)/python
+# k-diffusion (a peer in the sampler cross-checks and benchmarks) without its training stack (clip, kornia,
+# torchvision, wandb ...): only its sampling code is used (benchmarks/kdiffusion_peer.py).
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps k-diffusion==0.1.1.post1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -162,6 +162,27 @@ def test_stored_grids_are_the_sampling_times(tmp_path):
     assert load_tuned(tmp_path, "consistency", 1)[1][0].item() == starts[-1].item()
 
 
+def test_one_step_grid_starts_at_the_highest_time_no_noisier_than_stable_diffusions_last(tmp_path):
+    """DDPM's linear betas end at sigma/alpha = 157: the one-step grid starts at the top skipping-grid start with
+    sigma/alpha <= SD's terminal 14.6 (the next start up is noisier); SD's own betas need no such grid."""
+    from kuosan.distill.lcm import sd_terminal_level, write_one_step_grid
+    from kuosan.tuned_grids import load_tuned
+
+    sd = DiscreteVP.scaled_linear(1000)
+    ac = sd.alphas_cumprod[-1].item()
+    assert sd_terminal_level() == pytest.approx(((1 - ac) / ac) ** 0.5, rel=1e-9)
+    assert write_one_step_grid(tmp_path / "sd", sd, 50) is None and not (tmp_path / "sd").exists()
+    proc = DiscreteVP.linear(1000)
+    ts = write_one_step_grid(tmp_path, proc, 50)
+    level = lambda t: (proc.sigma(t) / proc.alpha(t)).item()  # noqa: E731
+    starts = skipping_grid(proc, 50)[0]
+    above = starts[starts > ts[0]]
+    assert level(ts[:1]) <= sd_terminal_level() < level(above[:1])
+    assert lcm_timestep(ts[:1], proc).item() == pytest.approx(699.0)  # the linear schedule: t' = 699, level 11.8
+    torch.testing.assert_close(load_tuned(tmp_path, "consistency", 1)[1], ts)
+    assert ts[-1].item() == proc.t_min
+
+
 def test_the_w_embedding_trains_at_its_own_learning_rate():
     """LCMObjective.param_groups: every trainable parameter once; guide.* (and only it) at lcm_w_lr_scale; the
     embedding's features use the net's guidance_scale (10: smooth in w over [1, 4])."""
@@ -173,6 +194,24 @@ def test_the_w_embedding_trains_at_its_own_learning_rate():
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in net.guide.parameters()}
     assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in net.parameters())
     assert net.guide.features.w.max().item() == pytest.approx(10.0)
+
+
+def test_w_draws_put_their_share_at_w_min_and_the_rest_uniform():
+    """objective.lcm_w_min_prob: that share of rows at w_min exactly, the others U[w_min, w_max]; 0 is LCM's own
+    uniform draw, the same numbers from the same generator."""
+    proc = DiscreteVP.linear(1000)
+    teacher = Denoiser(tiny_unet(), proc, "eps")
+    plain = LCMObjective(tiny_unet(guidance_embedding=True), teacher, null_class=3, w_min=1.0, w_max=4.0)
+    w = plain.draw_w(20000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(w, 1.0 + 3.0 * torch.rand(20000, generator=torch.Generator().manual_seed(0)))
+    mixed = LCMObjective(tiny_unet(guidance_embedding=True), teacher, null_class=3, w_min=1.0, w_max=4.0,
+                         w_min_prob=0.3)
+    w = mixed.draw_w(20000, torch.Generator().manual_seed(0))
+    at_min = w == 1.0
+    assert abs(at_min.double().mean().item() - 0.3) < 4 * (0.3 * 0.7 / 20000) ** 0.5
+    rest = w[~at_min]
+    assert rest.min() >= 1.0 and rest.max() <= 4.0
+    assert abs(rest.mean().item() - 2.5) < 4 * (9 / 12 / len(rest)) ** 0.5  # U[1, 4]: mean 2.5, variance 9/12
 
 
 def test_pseudo_huber_is_the_ict_distance():

@@ -315,6 +315,7 @@ class ObjectiveConfig(_Strict):
     lcm_huber_c: float | None = Field(None, gt=0)  # None: 0.00054 sqrt(dim) (iCT §3.3)
     lcm_target_decay: float = Field(0.95, ge=0, lt=1)  # mu of theta^- <- mu theta^- + (1 - mu) theta (LCM Alg. 1)
     lcm_w_lr_scale: float = Field(1.0, gt=0)  # learning rate of the w embedding (net.guide) / train.lr
+    lcm_w_min_prob: float = Field(0.0, ge=0, le=1)  # share of rows drawn at w = w_min exactly, the rest U[w_min, w_max]
     # the largest noise level sigma/alpha trained and the student's first evaluation (its stored Karras grids
     # <run>/grids/consistency-K.json start there); None: t_max
     lcm_max_level: float | None = Field(None, gt=0)

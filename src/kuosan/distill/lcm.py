@@ -26,7 +26,7 @@ from ..train.objectives import Objective
 from . import teacher_record
 
 __all__ = ["LCMObjective", "cfg_solver_step", "skipping_grid", "top_time", "lcm_sampling_times", "write_grids",
-           "pseudo_huber", "defaults", "build"]
+           "write_one_step_grid", "sd_terminal_level", "pseudo_huber", "defaults", "build"]
 
 
 def defaults(teacher_cfg: Any) -> dict[str, Any]:
@@ -91,6 +91,42 @@ def lcm_sampling_times(starts: Tensor, k: int, t_min: float) -> Tensor:
     return torch.cat([desc[:: len(desc) // k][:k], torch.tensor([t_min], dtype=torch.float64)])
 
 
+def sd_terminal_level() -> float:
+    """sigma/alpha at Stable Diffusion's last training step (scaled_linear betas, N = 1000): 14.6, the noisiest
+    level LCM's one-step sampling was made for (Luo et al. 2023, arXiv:2310.04378, trained on SD)."""
+    from ..processes import DiscreteVP
+
+    p = DiscreteVP.scaled_linear()
+    t = torch.tensor([p.t_max], dtype=torch.float64)
+    return float(p.sigma(t) / p.alpha(t))
+
+
+def write_one_step_grid(run_dir: Any, process: Any, k: int) -> Tensor | None:
+    """A student of a teacher whose last step is noisier than SD's (DDPM's linear betas: sigma/alpha = 157 at
+    t_max, alpha = 0.0064) cannot map x_T to x0 in one step: an eps network's x0 = (x - sigma eps)/alpha multiplies
+    every error of eps by 1/alpha (measured: FD 187 on the digits). Its one-step grid then starts at the highest
+    skipping-grid time no noisier than SD's terminal level (sigma/alpha <= 14.6; on the digits teacher t' = 699,
+    sigma/alpha 11.8, FD 8.1 at w = 1), from the prior draw, whose alpha x0 part is below 10% there; it is written
+    as <run>/grids/consistency-1.json. Returns its times, or None (nothing written) for a teacher whose t_max is
+    no noisier than SD's."""
+    import json
+    from pathlib import Path
+
+    from ..tuned_grids import grid_path
+
+    level = sd_terminal_level()
+    t_top = top_time(process, level)
+    if t_top >= process.t_max - 1e-12:
+        return None
+    ts = lcm_sampling_times(skipping_grid(process, k, t_top)[0], 1, process.t_min)
+    path = grid_path(Path(run_dir), "consistency", 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = (f"one step from the highest skipping-grid time with sigma/alpha <= {level:.3g} (Stable Diffusion's "
+              "terminal level; kuosan.distill.lcm.write_one_step_grid)")
+    path.write_text(json.dumps({"method": "consistency", "nfe": 1, "times": ts.tolist(), "source": source}, indent=1))
+    return ts
+
+
 def write_grids(run_dir: Any, process: Any, starts: Tensor, nfes: range = range(1, 9)) -> None:
     """The student's sampling grids on its skipping grid (lcm_sampling_times) as the run's stored grids
     <run>/grids/consistency-K.json, which `kuosan sample RUN --nfe K` uses (kuosan.tuned_grids)."""
@@ -144,7 +180,7 @@ class LCMObjective(Objective):
                  w_max: float = 4.0, skip: int = 20, solver: str = "ddim", distance: str = "pseudo-huber",
                  huber_c: float | None = None, target_decay: float = 0.95, prediction: str = "eps",
                  record: dict[str, Any] | None = None, time_groups: int = 8, w_lr_scale: float = 1.0,
-                 t_top: float | None = None):
+                 t_top: float | None = None, w_min_prob: float = 0.0):
         super().__init__(net)
         if not 0 <= w_min <= w_max:
             raise ValueError(f"objective.w_min = {w_min} and w_max = {w_max}: need 0 <= w_min <= w_max")
@@ -157,7 +193,7 @@ class LCMObjective(Objective):
         self.t_start, self.t_end = skipping_grid(self.process, skip, t_top)
         self.target = self.add_target("target", target_decay)
         self.cache, self.record = SamplerCache(self.process), record
-        self.time_groups, self.w_lr_scale = time_groups, w_lr_scale
+        self.time_groups, self.w_lr_scale, self.w_min_prob = time_groups, w_lr_scale, w_min_prob
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Two AdamW groups: the network at train.lr, its new w embedding (`guide.*`, zero-initialised) at
@@ -177,13 +213,23 @@ class LCMObjective(Objective):
             return (a - b).flatten(1).pow(2).mean(1)
         return pseudo_huber(a, b, self.huber_c or 0.00054 * math.sqrt(a[0].numel()))
 
+    def draw_w(self, b: int, generator: torch.Generator, dev: torch.device | str = "cpu") -> Tensor:
+        """(b,) guidance scales: w ~ U[w_min, w_max] (LCM Alg. 1), except a share `w_min_prob` of the rows drawn at
+        w_min exactly. With w_min = 1 those rows distil the unguided conditional ODE, a fixed point the w embedding
+        must tell apart from the guided ones (docs/distill_lcm.md: the student otherwise follows w weakly)."""
+        w = self.w_min + (self.w_max - self.w_min) * torch.rand(b, generator=generator, device=dev)
+        if self.w_min_prob > 0:
+            at_min = torch.rand(b, generator=generator, device=dev) < self.w_min_prob
+            w = torch.where(at_min, torch.full_like(w, self.w_min), w)
+        return w
+
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
         x0, y = batch["x0"], batch["y"]
         dev, b = x0.device, x0.shape[0]
         g = min(self.time_groups, b)  # rows share a time pair in g groups: one solver call per group
         j = torch.randint(0, len(self.t_start), (g,), generator=generator, device=dev).cpu()
         j = j.repeat_interleave(-(-b // g))[:b]  # each row's n is still uniform on the grid
-        w = self.w_min + (self.w_max - self.w_min) * torch.rand(b, generator=generator, device=dev)
+        w = self.draw_w(b, generator, dev)
         t_nk, t_n = self.t_start[j].to(dev), self.t_end[j].to(dev)
         x_t, _ = self.process.marginal_sample(x0, t_nk, generator=generator)
         x_hat = torch.empty_like(x_t)
@@ -227,7 +273,10 @@ def build(cfg: Any, data: Any, teacher: Any) -> LCMObjective:
     t_top = top_time(teacher.denoiser.process, o.lcm_max_level)
     if o.lcm_max_level is not None:  # sampling starts at the highest trained time, the top of the skipping grid
         write_grids(cfg.run_dir, teacher.denoiser.process, skipping_grid(teacher.denoiser.process, o.skip, t_top)[0])
+    else:  # one step from t_max is broken on a teacher noisier than SD at t_max: start that one lower
+        write_one_step_grid(cfg.run_dir, teacher.denoiser.process, o.skip)
     return LCMObjective(net, teacher.denoiser, null_class=teacher.num_classes, w_min=o.w_min, w_max=o.w_max,
                         skip=o.skip, solver=o.lcm_solver, distance=o.lcm_distance, huber_c=o.lcm_huber_c,
                         target_decay=o.lcm_target_decay, prediction=teacher.denoiser.prediction,
-                        record=teacher_record(teacher), w_lr_scale=o.lcm_w_lr_scale, t_top=t_top)
+                        record=teacher_record(teacher), w_lr_scale=o.lcm_w_lr_scale, t_top=t_top,
+                        w_min_prob=o.lcm_w_min_prob)
