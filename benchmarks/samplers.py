@@ -1,7 +1,9 @@
-"""kuosan's ODE samplers beside diffusers' schedulers, driving the same exact Gaussian-mixture model.
+"""kuosan's ODE samplers beside diffusers' schedulers and k-diffusion's samplers, driving the same exact
+Gaussian-mixture model.
 
     .venv/bin/python benchmarks/samplers.py                 # NFE 5/10/20/50, both schedules, 2-D and 16-D
     .venv/bin/python benchmarks/samplers.py --nfe 10 --quick
+    .venv/bin/python benchmarks/samplers.py --nfe 5,10,20 --quick --tuned eabm,eabm:order=4   # + tuned grids
 
 For each DiscreteVP schedule (DDPM linear, Stable-Diffusion scaled_linear; N = 1000) and each mixture, every
 sampler starts from the same x_T at t = 1 and is scored by the RMS distance of its output to the tight
@@ -10,10 +12,16 @@ last training step t = 1/N). diffusers' schedulers see the model through their i
 eps-prediction at index i is the mixture's exact eps at t = (i + 1)/N (fractional indices interpolate as
 kuosan's DiscreteVP does). Each diffusers scheduler runs in the configurations that end at the last
 training step (its "linspace" spacing and Karras / log-SNR sigmas where it has them); the best one counts.
+k-diffusion (benchmarks/kdiffusion_peer.py, if installed) drives the same eps at integer indices through its
+DiscreteEpsDDPMDenoiser, as AUTOMATIC1111 and ComfyUI drive a Stable-Diffusion U-Net: DPM++ 2M on Karras and
+exponential sigmas, LMS and Heun on Karras sigmas, from the first to the last training sigma.
 
 Overhead: the same loops with a model that returns a cached tensor (no model time), microseconds per NFE,
 setup (grid, set_timesteps) included, median of repeats, torch on one thread. kuosan keeps its grids and
 coefficients in a SamplerCache built once per process, as a pipeline would (--no-cache: recompute every call).
+
+--tuned SPECS adds, per spec, its default-grid row and a row on a grid fitted by kuosan.samplers.optimize_grid on
+--n-calib other prior draws (seed 1; the evaluation draws are seed 0), as benchmarks/tune_grid.py does.
 """
 
 from __future__ import annotations
@@ -126,6 +134,43 @@ def run_diffusers(sched, steps: int, eps_fn, x_T: torch.Tensor) -> tuple[torch.T
     return x, calls
 
 
+# --- k-diffusion ---------------------------------------------------------------------------------------------
+def kdiffusion_configs(nfe: int) -> dict[str, tuple[str, str, int]]:
+    """name -> (k-diffusion sampler, sigma schedule, steps) for a budget of nfe model calls, as AUTOMATIC1111 and
+    ComfyUI run them on a discrete-time eps model ({} without k-diffusion)."""
+    from kdiffusion_peer import k_diffusion
+
+    if k_diffusion() is None:
+        return {}
+    heun_steps = (nfe + 1) // 2  # the last step to sigma = 0 is Euler: 2N - 1 calls
+    return {
+        "DPM++ 2M Karras": ("dpmpp_2m", "karras", nfe),
+        "DPM++ 2M exponential": ("dpmpp_2m", "exponential", nfe),
+        "LMS Karras": ("lms", "karras", nfe),
+        "Heun Karras": ("heun", "karras", heun_steps),
+    }
+
+
+def run_kdiffusion(sampler: str, schedule: str, steps: int, eps_fn, proc: DiscreteVP,
+                   x_T: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """k-diffusion's sampler on its DiscreteEpsDDPMDenoiser wrapper of the model (sigmas quantised to the training
+    indices, its default and the web UIs'), between the first and last training sigma; returns (x0, calls)."""
+    from kdiffusion_peer import discrete_eps_model, k_diffusion
+
+    K = k_diffusion()
+    calls = [0]
+
+    def counted(x, t):
+        calls[0] += 1
+        return eps_fn(x, t)
+
+    model = discrete_eps_model(counted, proc.alphas_cumprod.to(x_T.dtype))
+    sigmas = getattr(K.sampling, f"get_sigmas_{schedule}")(steps, model.sigma_min, model.sigma_max).to(x_T.dtype)
+    a_T = proc.alpha(torch.tensor(proc.t_max, dtype=F64)).to(x_T.dtype)
+    x = getattr(K.sampling, f"sample_{sampler}")(model, x_T / a_T, sigmas, disable=True)
+    return x, calls[0]
+
+
 def mixture_eps(gmm: GaussianMixture, proc: DiscreteVP) -> Callable:
     """diffusers' model: eps at timestep index i (float or int) is the exact eps at t = (i + 1)/N."""
 
@@ -138,16 +183,24 @@ def mixture_eps(gmm: GaussianMixture, proc: DiscreteVP) -> Callable:
 
 # --- the tables ----------------------------------------------------------------------------------------------
 OPTIONS: dict[str, dict] = {}  # per-method options for kuosan.sample (--eabm-order)
+ONLY: list[str] = []  # --only: e.g. ["scaled_linear/16-D"]
+TUNE = argparse.Namespace(methods=[], n_calib=256, steps=1000, start="spec", loss="rms")  # --tuned and its options
 USE_CACHE = [True]  # --no-cache turns it off
 
 
 def accuracy(nfes: list[int], batch: int) -> None:
     for sched_name, (make, schedule_kw) in SCHEDULES.items():
         for mix_name, gmm in (("2-D", mixture_2d()), ("16-D", mixture_16d())):
+            if ONLY and f"{sched_name}/{mix_name}" not in ONLY:
+                continue
             proc = make()
             model = gmm.denoiser(proc)
             x_T = proc.prior_sample((batch, gmm.dim), generator=torch.Generator().manual_seed(0), dtype=F64)
             ref = reference(model, x_T)
+            if TUNE.methods:
+                x_cal = proc.prior_sample((TUNE.n_calib, gmm.dim), generator=torch.Generator().manual_seed(1),
+                                          dtype=F64)
+                ref_cal = reference(model, x_cal)
             print(f"\n## {sched_name}, {mix_name} mixture: RMS endpoint error vs the tight PF-ODE ({batch} samples)")
             rows: dict[str, list[float]] = {}
             for nfe in nfes:
@@ -161,6 +214,14 @@ def accuracy(nfes: list[int], batch: int) -> None:
                     x, calls = run_diffusers(sched, steps, mixture_eps(gmm, proc), x_T)
                     assert calls <= nfe, (name, calls)
                     rows.setdefault(f"diffusers {name}", []).append(_rms(x, ref))
+                for name, (sampler, schedule, steps) in kdiffusion_configs(nfe).items():
+                    x, calls = run_kdiffusion(sampler, schedule, steps, mixture_eps(gmm, proc), proc, x_T)
+                    assert calls <= nfe, (name, calls)
+                    rows.setdefault(f"k-diffusion {name}", []).append(_rms(x, ref))
+                if TUNE.methods:
+                    from tune_grid import kuosan_rows
+
+                    kuosan_rows(model, TUNE.methods, nfe, x_cal, ref_cal, x_T, partial(_rms, ref=ref), TUNE, rows)
             _print_table(rows, nfes)
 
 
@@ -168,17 +229,27 @@ def _rms(x: torch.Tensor, ref: torch.Tensor) -> float:
     return (x.double() - ref).square().mean().sqrt().item()
 
 
+PEER_TOOLS = ("diffusers", "k-diffusion")
+
+
 def _print_table(rows: dict[str, list[float]], nfes: list[int], fmt: str = "{:.2e}") -> None:
-    """Markdown table with the ratio of the best kuosan row to the best diffusers row per column."""
+    """Markdown table with the ratio of the best kuosan row to the best peer row (diffusers, k-diffusion) per
+    column."""
     best_k = [min(v[j] for k, v in rows.items() if k.startswith("kuosan")) for j in range(len(nfes))]
-    best_d = [min((v[j] for k, v in rows.items() if k.startswith("diffusers")), default=math.nan)
+    best_d = [min((v[j] for k, v in rows.items() if k.startswith(PEER_TOOLS)), default=math.nan)
               for j in range(len(nfes))]
     print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     print("|---|" + "---|" * len(nfes))
     for k, v in rows.items():
         print(f"| {k} | " + " | ".join(fmt.format(e) for e in v) + " |")
     ratios = " | ".join(f"**{a / b:.2f}**" for a, b in zip(best_k, best_d, strict=True))
-    print(f"| **best kuosan / best diffusers** | {ratios} |")
+    print(f"| **best kuosan / best peer** | {ratios} |")
+    for tag, keep in (("default grids", lambda k: not k.endswith("tuned grid")), ("tuned", lambda k: "tuned" in k)):
+        best = [min((v[j] for k, v in rows.items() if k.startswith("kuosan") and keep(k) and not math.isnan(v[j])),
+                    default=math.nan) for j in range(len(nfes))]
+        if any("tuned" in k for k in rows):
+            print(f"| **best kuosan {tag} / best peer** | "
+                  + " | ".join(f"**{a / b:.2f}**" for a, b in zip(best, best_d, strict=True)) + " |")
 
 
 def overhead(nfes: list[int], batch: int, repeats: int) -> None:
@@ -233,7 +304,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the accuracy tables only")
     ap.add_argument("--eabm-order", type=int, default=None, help="eabm's order (default: its own, 2)")
     ap.add_argument("--no-cache", action="store_true", help="overhead without a SamplerCache (recompute every call)")
+    ap.add_argument("--tuned", default="", help="kuosan specs to add with grids tuned on other draws, comma-separated")
+    ap.add_argument("--n-calib", type=int, default=256, help="--tuned: calibration draws (seed 1)")
+    ap.add_argument("--steps", type=int, default=1000, help="--tuned: loss evaluations per fit")
+    ap.add_argument("--start", choices=("spec", "best"), default="spec", help="--tuned: the fit's start grid")
+    ap.add_argument("--loss", choices=("rms", "log"), default="rms", help="--tuned: optimize_grid's fitting loss")
+    ap.add_argument("--only", default="", help="these tables only, e.g. scaled_linear/16-D,linear/2-D")
     args = ap.parse_args()
+    ONLY.extend(m for m in args.only.split(",") if m)
+    TUNE.methods, TUNE.n_calib, TUNE.steps, TUNE.start = [m for m in args.tuned.split(",") if m], args.n_calib, \
+        args.steps, args.start
+    TUNE.loss = args.loss
     USE_CACHE[0] = not args.no_cache
     if args.eabm_order:
         OPTIONS["eabm"] = {"order": args.eabm_order}

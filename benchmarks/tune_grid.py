@@ -9,8 +9,13 @@ randomly rotated simplex, every pair 4 apart). Each grid is fitted on --n-calib 
 on --n-eval other draws (seed 0), the same draws for every sampler (paired). The score is the RMS distance of
 the output to the tight PF-ODE endpoint (benchmarks/samplers.py `reference`: DOP853 at 1e-12 in lambda, then
 the final denoise at t = 1/N) and the fraction of trajectories whose output lies nearest to another mode than
-the exact endpoint's. diffusers' rows (if importable) are its DPM-Solver++ 2M/3M and UniPC configurations of
-benchmarks/samplers.py on the same x_T; "best diffusers" is the lowest RMS among them per column.
+the exact endpoint's. Peer rows (where importable) are diffusers' DPM-Solver++ 2M/3M and UniPC configurations
+and k-diffusion's DPM++ 2M Karras/exponential, LMS and Heun (Karras) of benchmarks/samplers.py on the same x_T;
+"best peer" is the lowest RMS among them per column.
+
+--methods takes kuosan sampler specs ('eabm:order=4:grid=karras'): a spec's grid is the default row's grid and the
+fit's start; --start best starts every fit from the best of the logsnr, karras, quadratic and uniform grids on
+the fitting draws instead; --loss log fits the mean log per-trajectory error instead of the RMS.
 """
 
 from __future__ import annotations
@@ -20,15 +25,25 @@ import math
 import time
 
 import torch
-from samplers import diffusers_configs, make_scheduler, mixture_eps, reference, run_diffusers
+from samplers import (
+    diffusers_configs,
+    kdiffusion_configs,
+    make_scheduler,
+    mixture_eps,
+    reference,
+    run_diffusers,
+    run_kdiffusion,
+)
 
 import kuosan
 from kuosan.analytic import GaussianMixture
+from kuosan.eval.evaluate import parse_sampler
 from kuosan.processes import DiscreteVP
 
 F64 = torch.float64
 METHODS = ["dpmpp-2m", "unipc", "dpmpp-3m"]
 PEERS = ("DPM++", "UniPC")  # the diffusers configurations that compete with these solvers
+KINDS = ("logsnr", "karras", "quadratic", "uniform")  # --start best: the fit starts from the best of these
 
 
 def ring_2d(k: int = 8, gap: float = 4.0) -> GaussianMixture:
@@ -59,6 +74,48 @@ def score(gmm: GaussianMixture, x: torch.Tensor, ref: torch.Tensor) -> tuple[flo
     return rms, (mode(gmm, x) != mode(gmm, ref)).double().mean().item()
 
 
+def kuosan_rows(model, specs: list[str], nfe: int, x_cal, ref_cal, x_ev, score_fn, args,
+                rows: dict[str, list]) -> float:
+    """Append each spec's default-grid and tuned-grid scores on the evaluation draws to rows (the grid fitted on
+    the calibration draws only); returns the fitting time in seconds."""
+    fit_s = 0.0
+    for spec in specs:
+        method, opts = parse_sampler(spec)
+        kind = opts.pop("grid", None)
+        x = kuosan.sample(model, x_ev, method, nfe, grid=kind, **opts)
+        rows.setdefault(f"kuosan {spec} default grid", []).append(score_fn(x))
+        start = list(KINDS) if args.start == "best" else kind
+        t1 = time.perf_counter()
+        try:
+            ts = kuosan.samplers.optimize_grid(model, method, nfe, x_cal, reference=ref_cal, steps=args.steps,
+                                               start=start, loss=args.loss, **opts)
+        except ValueError:  # e.g. dpm-solver-3 at 5 NFE: fewer than two third-order steps fit the budget
+            rows.setdefault(f"kuosan {spec} tuned grid", []).append((math.nan, math.nan))
+            continue
+        fit_s += time.perf_counter() - t1
+        model.reset_nfe()
+        x = kuosan.sample(model, x_ev, method, nfe, grid=ts, **opts)
+        assert model.nfe <= nfe
+        rows.setdefault(f"kuosan {spec} tuned grid", []).append(score_fn(x))
+    return fit_s
+
+
+def peer_rows(gmm: GaussianMixture, proc: DiscreteVP, schedule_kw: dict, nfe: int, x_ev, score_fn,
+              rows: dict[str, list], diffusers_prefixes: tuple[str, ...] | None = PEERS) -> None:
+    """Append diffusers' (those whose name starts with one of diffusers_prefixes; None: all) and k-diffusion's
+    scores on the evaluation draws to rows."""
+    eps = mixture_eps(gmm, proc)
+    for peer, (cls, cfg, steps) in diffusers_configs(nfe).items():
+        if diffusers_prefixes is None or peer.startswith(diffusers_prefixes):
+            x, calls = run_diffusers(make_scheduler(cls, cfg, schedule_kw), steps, eps, x_ev)
+            assert calls <= nfe
+            rows.setdefault(f"diffusers {peer}", []).append(score_fn(x))
+    for peer, (sampler, schedule, steps) in kdiffusion_configs(nfe).items():
+        x, calls = run_kdiffusion(sampler, schedule, steps, eps, proc, x_ev)
+        assert calls <= nfe
+        rows.setdefault(f"k-diffusion {peer}", []).append(score_fn(x))
+
+
 def run(name: str, gmm: GaussianMixture, proc: DiscreteVP, schedule_kw: dict, nfes: list[int], args) -> None:
     model = gmm.denoiser(proc)
     draw = lambda n, s: proc.prior_sample((n, gmm.dim), generator=torch.Generator().manual_seed(s), dtype=F64)  # noqa: E731
@@ -69,37 +126,26 @@ def run(name: str, gmm: GaussianMixture, proc: DiscreteVP, schedule_kw: dict, nf
           f"grids fitted on {args.n_calib} other draws; references {time.perf_counter() - t0:.0f} s)")
     rows: dict[str, list[tuple[float, float]]] = {}
     fit_s = 0.0
+    score_fn = lambda x: score(gmm, x, ref_ev)  # noqa: E731
     for nfe in nfes:
-        for m in METHODS:
-            x = kuosan.sample(model, x_ev, m, nfe)
-            rows.setdefault(f"kuosan {m} default grid", []).append(score(gmm, x, ref_ev))
-            t1 = time.perf_counter()
-            ts = kuosan.samplers.optimize_grid(model, m, nfe, x_cal, reference=ref_cal, steps=args.steps)
-            fit_s += time.perf_counter() - t1
-            model.reset_nfe()
-            x = kuosan.sample(model, x_ev, m, nfe, grid=ts)
-            assert model.nfe <= nfe
-            rows.setdefault(f"kuosan {m} tuned grid", []).append(score(gmm, x, ref_ev))
-        for peer, (cls, cfg, steps) in diffusers_configs(nfe).items():
-            if peer.startswith(PEERS):
-                x, calls = run_diffusers(make_scheduler(cls, cfg, schedule_kw), steps, mixture_eps(gmm, proc), x_ev)
-                assert calls <= nfe
-                rows.setdefault(f"diffusers {peer}", []).append(score(gmm, x, ref_ev))
+        fit_s += kuosan_rows(model, args.methods, nfe, x_cal, ref_cal, x_ev, score_fn, args, rows)
+        peer_rows(gmm, proc, schedule_kw, nfe, x_ev, score_fn, rows)
     _table(rows, nfes)
-    print(f"\nfitting time: {fit_s:.0f} s for {len(METHODS) * len(nfes)} grids")
+    print(f"\nfitting time: {fit_s:.0f} s for {len(args.methods) * len(nfes)} grids")
 
 
 def _table(rows: dict[str, list[tuple[float, float]]], nfes: list[int]) -> None:
     print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     print("|---|" + "---|" * len(nfes))
     for k, v in rows.items():
-        print(f"| {k} | " + " | ".join(f"{r:.3g} / {f:.1%}" for r, f in v) + " |")
+        print(f"| {k} | " + " | ".join("–" if math.isnan(r) else f"{r:.3g} / {f:.1%}" for r, f in v) + " |")
+    best_p = [min((v[j][0] for k, v in rows.items() if k.startswith(("diffusers", "k-diffusion"))), default=math.nan)
+              for j in range(len(nfes))]
     for tag in ("default", "tuned"):
-        best_k = [min(v[j][0] for k, v in rows.items() if k.endswith(f"{tag} grid")) for j in range(len(nfes))]
-        best_d = [min((v[j][0] for k, v in rows.items() if k.startswith("diffusers")), default=math.nan)
-                  for j in range(len(nfes))]
-        ratios = " | ".join(f"**{a / b:.2f}**" for a, b in zip(best_k, best_d, strict=True))
-        print(f"| **best kuosan {tag} / best diffusers (RMS)** | {ratios} |")
+        best_k = [min((v[j][0] for k, v in rows.items() if k.endswith(f"{tag} grid") and not math.isnan(v[j][0])),
+                      default=math.nan) for j in range(len(nfes))]
+        ratios = " | ".join(f"**{a / b:.2f}**" for a, b in zip(best_k, best_p, strict=True))
+        print(f"| **best kuosan {tag} / best peer (RMS)** | {ratios} |")
 
 
 def main() -> None:
@@ -109,12 +155,19 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=256)
     ap.add_argument("--steps", type=int, default=1500, help="loss evaluations per fit (Nelder-Mead)")
     ap.add_argument("--quick", action="store_true", help="the 2-D mixture only")
+    ap.add_argument("--methods", default=",".join(METHODS), help="kuosan sampler specs, comma-separated")
+    ap.add_argument("--start", choices=("spec", "best"), default="spec",
+                    help="fit from the spec's grid (default) or the best of " + ", ".join(KINDS))
+    ap.add_argument("--loss", choices=("rms", "log"), default="rms", help="optimize_grid's fitting loss")
+    ap.add_argument("--only", choices=("2d", "16d"), default=None, help="one mixture only")
     args = ap.parse_args()
+    args.methods = args.methods.split(",")
     torch.set_num_threads(1)
     nfes = [int(v) for v in args.nfe.split(",")]
-    run("2-D ring, DDPM linear", ring_2d(), DiscreteVP.linear(),
-        {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}, nfes, args)
-    if not args.quick:
+    if args.only != "16d":
+        run("2-D ring, DDPM linear", ring_2d(), DiscreteVP.linear(),
+            {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}, nfes, args)
+    if not args.quick and args.only != "2d":
         run("16-D simplex, SD scaled_linear", simplex_16d(), DiscreteVP.scaled_linear(),
             {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, nfes, args)
 

@@ -113,11 +113,13 @@ def _cd_objective(solver: str, target_decay: float = 0.0, **kw):
                                 teacher=gm.denoiser(p, "x0"), solver=solver, target_decay=target_decay, **kw), gm
 
 
-@pytest.mark.parametrize("solver", ["euler", "ddim", "heun", "dpmpp-2s"])
+@pytest.mark.parametrize("solver", ["euler", "ddim", "heun", "dpm-solver-2", "dpmpp-2s"])
 def test_the_cd_solver_step_is_one_step_of_the_exact_pf_ode(solver):
     """Psi from t' to t on the exact teacher, by hand from D = E[x0 | x_t] (EDM: dx/dt = (x - D) / t):
-    Euler / DDIM x + (t - t') (x - D(x, t')) / t'; Heun adds the trapezoid correction; DPM-Solver++(2S) is
-    second order too: all three within a second-order step of each other and of a fine solve."""
+    Euler / DDIM x + (t - t') (x - D(x, t')) / t'; Heun adds the trapezoid correction; DPM-Solver-2 (Lu et al.
+    2022, arXiv:2206.00927, Alg. 1, r = 1/2) under VE (alpha = 1, lambda = -log t) is the midpoint rule at the
+    geometric mean s = sqrt(t t'): x_s = x + (s - t') d(x, t'), x_t = x + (t - t') d(x_s, s); DPM-Solver++(2S) is
+    second order too: closer to a fine solve than Euler."""
     obj, gm = _cd_objective(solver)
     p = EDM()
     x = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(3)) * 2.0
@@ -132,6 +134,10 @@ def test_the_cd_solver_step_is_one_step_of_the_exact_pf_ode(solver):
         torch.testing.assert_close(got, euler, rtol=1e-10, atol=1e-10)
     elif solver == "heun":
         torch.testing.assert_close(got, heun, rtol=1e-10, atol=1e-10)
+    elif solver == "dpm-solver-2":
+        ts = (tf * tt).sqrt()
+        xs = x + (ts - tf) * d1
+        torch.testing.assert_close(got, x + (tt - tf) * (xs - gm.x0(xs, ts[:, 0], p)) / ts, rtol=1e-10, atol=1e-10)
     else:
         fine = torch.stack([sample(gm.denoiser(p, "x0"), x[i:i + 1], "heun", nfe=None, denoise_final=False,
                                    grid=torch.linspace(float(t_from[i]), float(t_to[i]), 201, dtype=F64))[0]

@@ -18,11 +18,14 @@ The loss is LD3's L2 endpoint error, as an RMS over the calibration draws; the f
 default grid, is fitted on three quarters of the calibration draws, and the fitted grid is kept only if it also
 beats the default grid on the held-out quarter (otherwise the default grid is returned): on 16-D sharply
 multimodal mixtures a fit driven by a few boundary trajectories had made dpmpp-3m 5x worse on new draws.
+Options: `start` (the grid, or the best of several, the fit starts from and falls back to) and `loss="log"` (the
+mean log per-trajectory error, which those few trajectories cannot dominate); docs/samplers.md has the measurements.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +38,7 @@ from .grid import default_grid, make_ts
 __all__ = ["optimize_grid", "grid_steps", "reference_endpoints", "grid_from_logits"]
 
 F64 = torch.float64
+LOSSES = ("rms", "log")
 
 
 def grid_steps(method: str, nfe: int) -> int:
@@ -91,6 +95,8 @@ def optimize_grid(
     tol: float = 1e-4,
     simplex_step: float = 0.5,
     generator: torch.Generator | None = None,
+    start: str | Tensor | Sequence[str | Tensor] | None = None,
+    loss: str = "rms",
     **options: Any,
 ) -> Tensor:
     """A time grid for `method` at `nfe` fitted to `denoiser` on the calibration draws x_T (LD3, Tong et al. 2024,
@@ -100,42 +106,71 @@ def optimize_grid(
     usable as `kuosan.sample(denoiser, x, method, nfe, grid=ts)`. reference: the exact endpoints of x_T (a tight
     solve of the same model; computed with rk45 when None); steps: at most this many loss evaluations; tol: the
     simplex's relative tolerance on the logits and the loss; simplex_step: its initial size in logits;
-    `generator` is unused (the fit is deterministic); other options go to the method."""
+    `generator` is unused (the fit is deterministic); other options go to the method.
+
+    start: the grid the fit starts from and falls back to, a kind ("karras", "logsnr", ...) or descending times,
+    or several of them (the one with the lowest RMS on the fitting draws is taken); default: the method's
+    default grid. loss: what the fit minimises over the fitting draws, "rms" (LD3's L2) or "log" (the mean of
+    log per-trajectory errors, which a few trajectories near a boundary between modes cannot dominate); the
+    held-out check is on the RMS either way."""
     from scipy.optimize import minimize
 
     from . import METHODS, sample
 
+    if loss not in LOSSES:
+        raise ValueError(f"optimize_grid loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     n = grid_steps(method, nfe)
     p = denoiser.process
-    ts0, _ = make_ts(p, default_grid(p, METHODS[method].grids), n)
-    lam = p.log_snr(ts0)
-    if not bool(torch.isfinite(lam).all()):
-        raise ValueError(f"optimize_grid needs a finite log-SNR at both ends of {method!r}'s grid "
-                         f"(t={ts0[0].item():g}..{ts0[-1].item():g}); tune a process with alpha > 0 at t_max")
-    t0, t1 = ts0[0].item(), ts0[-1].item()
+    kinds = [default_grid(p, METHODS[method].grids)] if start is None else start
+    starts = [make_ts(p, g, n)[0] for g in ([kinds] if isinstance(kinds, (str, Tensor)) else kinds)]
+    for ts0 in starts:
+        if len(ts0) != n + 1:
+            raise ValueError(f"optimize_grid start grid needs {n + 1} times for {method!r} at nfe={nfe}, "
+                             f"got {len(ts0)}")
+        if not bool(torch.isfinite(p.log_snr(ts0)).all()):
+            raise ValueError(f"optimize_grid needs a finite log-SNR at both ends of {method!r}'s grid "
+                             f"(t={ts0[0].item():g}..{ts0[-1].item():g}); tune a process with alpha > 0 at t_max")
+        if abs(ts0[0].item() - starts[0][0].item()) > 1e-9 or abs(ts0[-1].item() - starts[0][-1].item()) > 1e-9:
+            raise ValueError("optimize_grid start grids must share their ends (the reference solve's), got "
+                             f"t={ts0[0].item():g}..{ts0[-1].item():g} and t={starts[0][0].item():g}.."
+                             f"{starts[0][-1].item():g}")
     if reference is None:
-        reference = reference_endpoints(denoiser, x_T, t0, t1, cond=cond)
+        reference = reference_endpoints(denoiser, x_T, starts[0][0].item(), starts[0][-1].item(), cond=cond)
 
     # a quarter of the draws (at least 8 in all) is held out: the fitted grid is kept only if it also wins there, so
     # a fit dominated by the few calibration trajectories near a boundary between modes cannot make things worse
     k = len(x_T) - len(x_T) // 4 if len(x_T) >= 8 else len(x_T)
 
-    def loss(xi: np.ndarray, rows: slice = slice(0, k)) -> float:
+    def errors(ts: Tensor, rows: slice) -> Tensor:
+        part = None if cond is None else {key: v[rows] for key, v in cond.items()}
+        x = sample(denoiser, x_T[rows], method, nfe=nfe, grid=ts, cond=part, **options)
+        return (x.double() - reference[rows].double()).flatten(1).square().mean(1)  # per-trajectory MSE
+
+    def rms_of(ts: Tensor, rows: slice = slice(0, k)) -> float:
+        err = errors(ts, rows).mean().sqrt().item()
+        return err if math.isfinite(err) else math.inf
+
+    ts0 = min(starts, key=rms_of)
+    t0, t1 = ts0[0].item(), ts0[-1].item()
+    lam = p.log_snr(ts0)
+
+    def objective(xi: np.ndarray) -> float:
         ts = grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], xi])))
         if not bool((ts[1:] < ts[:-1]).all()):
             return math.inf
-        part = None if cond is None else {key: v[rows] for key, v in cond.items()}
-        x = sample(denoiser, x_T[rows], method, nfe=nfe, grid=ts, cond=part, **options)
-        err = _rms(x, reference[rows])
-        return err if math.isfinite(err) else math.inf
+        e = errors(ts, slice(0, k))
+        val = (e.mean().sqrt() if loss == "rms" else 0.5 * e.clamp_min(1e-300).log().mean()).item()
+        return val if math.isfinite(val) else math.inf
 
-    # start at the default grid: xi_j = log(h_j / h_0) (the first logit is fixed at 0: softmax is shift-invariant)
+    # start at the start grid: xi_j = log(h_j / h_0) (the first logit is fixed at 0: softmax is shift-invariant)
     h = (lam[1:] - lam[:-1]).clamp_min(1e-12)
     xi0 = (h.log() - h[0].log())[1:].numpy()
     simplex = np.vstack([xi0, xi0 + simplex_step * np.eye(len(xi0))])  # scipy's default steps vanish at xi = 0
-    res = minimize(loss, xi0, method="Nelder-Mead", options={
-        "maxfev": steps, "xatol": tol, "fatol": tol * loss(xi0), "adaptive": True, "initial_simplex": simplex})
+    f0 = objective(xi0)
+    fatol = tol * (abs(f0) if loss == "rms" else 1.0)  # the log loss: an absolute tolerance in log units
+    res = minimize(objective, xi0, method="Nelder-Mead", options={
+        "maxfev": steps, "xatol": tol, "fatol": fatol, "adaptive": True, "initial_simplex": simplex})
+    fitted = grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], res.x])))
     held = slice(k, None)
-    better = res.fun <= loss(xi0) and (k == len(x_T) or loss(res.x, held) < loss(xi0, held))
-    best = res.x if better else xi0
-    return grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], best])))
+    better = res.fun <= f0 and (k == len(x_T) or rms_of(fitted, held) < rms_of(ts0, held))
+    return fitted if better else ts0
