@@ -199,10 +199,10 @@ def defaults(teacher_cfg) -> dict[str, Any]:
                          f"precondition {teacher_cfg.precondition!r} and prediction {teacher_cfg.prediction!r}")
     return {
         "precondition": "consistency",
-        "objective": {"mode": "distill", "cm_solver": "heun", "cm_distance": "pseudo-huber", "cm_n": 18,
+        "objective": {"mode": "distill", "cm_solver": "dpm-solver-2", "cm_distance": "pseudo-huber", "cm_n": 8,
                       "cm_target_decay": 0.95, "cm_weighting": "ict", "cm_levels": "uniform", "cm_groups": 4,
                       "cm_tau": 0.65},
-        "train": {"steps": 2000, "batch_size": 64, "lr": 2e-4, "warmup": 0, "schedule": "cosine",
+        "train": {"steps": 2000, "batch_size": 64, "lr": 4e-4, "warmup": 0, "schedule": "cosine",
                   "ema_decay": 0.995, "ckpt_every": 500, "sample_every": 0},
         "sample": {"method": "consistency", "nfe": 2},
     }
