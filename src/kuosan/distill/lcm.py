@@ -38,7 +38,7 @@ def defaults(teacher_cfg: Any) -> dict[str, Any]:
         "net": {"guidance_embedding": True, "guidance_scale": 10.0},  # features smooth in w (docs/distill_lcm.md)
         # c is always the label (the student learns f for real classes only); k = 50 and a 10x learning rate for
         # the w embedding: measured in docs/distill_lcm.md
-        "objective": {"p_uncond": 0.0, "skip": 50, "lcm_w_lr_scale": 10.0},
+        "objective": {"p_uncond": 0.0, "skip": 50, "lcm_w_lr_scale": 10.0, "lcm_w_min_prob": 0.5},
         "train": {"steps": 1500, "batch_size": 64, "lr": 2e-4, "warmup": 0, "schedule": "constant",
                   "ema_decay": 0.99, "ckpt_every": 500, "sample_every": 0},
         "sample": {"method": "consistency", "nfe": 4, "guidance_interval": None},
