@@ -184,7 +184,8 @@ def mixture_eps(gmm: GaussianMixture, proc: DiscreteVP) -> Callable:
 # --- the tables ----------------------------------------------------------------------------------------------
 OPTIONS: dict[str, dict] = {}  # per-method options for kuosan.sample (--eabm-order)
 ONLY: list[str] = []  # --only: e.g. ["scaled_linear/16-D"]
-TUNE = argparse.Namespace(methods=[], n_calib=256, steps=1000, start="spec", loss="rms")  # --tuned and its options
+TUNE = argparse.Namespace(methods=[], n_calib=256, steps=1000, start="spec", loss="rms",
+                          holdout=0.25)  # --tuned and its options
 USE_CACHE = [True]  # --no-cache turns it off
 
 
@@ -308,13 +309,15 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=256, help="--tuned: calibration draws (seed 1)")
     ap.add_argument("--steps", type=int, default=1000, help="--tuned: loss evaluations per fit")
     ap.add_argument("--start", choices=("spec", "best"), default="spec", help="--tuned: the fit's start grid")
-    ap.add_argument("--loss", choices=("rms", "log"), default="rms", help="--tuned: optimize_grid's fitting loss")
+    ap.add_argument("--loss", choices=("rms", "log", "auto"), default="rms",
+                    help="--tuned: optimize_grid's fitting loss")
+    ap.add_argument("--holdout", type=float, default=0.25, help="--tuned: optimize_grid's held-out share")
     ap.add_argument("--only", default="", help="these tables only, e.g. scaled_linear/16-D,linear/2-D")
     args = ap.parse_args()
     ONLY.extend(m for m in args.only.split(",") if m)
     TUNE.methods, TUNE.n_calib, TUNE.steps, TUNE.start = [m for m in args.tuned.split(",") if m], args.n_calib, \
         args.steps, args.start
-    TUNE.loss = args.loss
+    TUNE.loss, TUNE.holdout = args.loss, args.holdout
     USE_CACHE[0] = not args.no_cache
     if args.eabm_order:
         OPTIONS["eabm"] = {"order": args.eabm_order}

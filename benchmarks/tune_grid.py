@@ -15,7 +15,8 @@ and k-diffusion's DPM++ 2M Karras/exponential, LMS and Heun (Karras) of benchmar
 
 --methods takes kuosan sampler specs ('eabm:order=4:grid=karras'): a spec's grid is the default row's grid and the
 fit's start; --start best starts every fit from the best of the logsnr, karras, quadratic and uniform grids on
-the fitting draws instead; --loss log fits the mean log per-trajectory error instead of the RMS.
+the fitting draws instead; --loss log fits the mean log per-trajectory error instead of the RMS; --loss auto
+fits both and keeps the best of start / RMS fit / log fit on the held-out share (--holdout) of the fitting draws.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def kuosan_rows(model, specs: list[str], nfe: int, x_cal, ref_cal, x_ev, score_f
         t1 = time.perf_counter()
         try:
             ts = kuosan.samplers.optimize_grid(model, method, nfe, x_cal, reference=ref_cal, steps=args.steps,
-                                               start=start, loss=args.loss, **opts)
+                                               start=start, loss=args.loss, holdout=args.holdout,
+                                               **opts)
         except ValueError:  # e.g. dpm-solver-3 at 5 NFE: fewer than two third-order steps fit the budget
             rows.setdefault(f"kuosan {spec} tuned grid", []).append((math.nan, math.nan))
             continue
@@ -158,7 +160,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="kuosan sampler specs, comma-separated")
     ap.add_argument("--start", choices=("spec", "best"), default="spec",
                     help="fit from the spec's grid (default) or the best of " + ", ".join(KINDS))
-    ap.add_argument("--loss", choices=("rms", "log"), default="rms", help="optimize_grid's fitting loss")
+    ap.add_argument("--loss", choices=("rms", "log", "auto"), default="rms", help="optimize_grid's fitting loss")
+    ap.add_argument("--holdout", type=float, default=0.25, help="optimize_grid's held-out share of --n-calib")
     ap.add_argument("--only", choices=("2d", "16d"), default=None, help="one mixture only")
     args = ap.parse_args()
     args.methods = args.methods.split(",")

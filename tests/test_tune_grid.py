@@ -152,3 +152,67 @@ def test_bad_options(setup, kw, msg):
         kw = {"start": ["logsnr", kw["start"]]}
     with pytest.raises(ValueError, match=msg):
         optimize_grid(model, "dpmpp-2m", 5, calib, **kw)
+
+
+# --- loss="auto": one fit per loss, the best of start / RMS fit / log fit on the held-out share -----------------
+def _held_rms(model, calib, exact, ts, k: int = 48) -> float:
+    return _rms(kuosan.sample(model, calib[k:], "dpmpp-2m", nfe=5, grid=ts), exact[k:])
+
+
+def test_auto_never_returns_a_grid_worse_than_the_start_on_the_held_out_draws(setup):
+    """Exact references; on the rigged one (the start grid's own endpoints on the held-out quarter) nothing beats
+    the start grid there, so auto returns it exactly."""
+    from kuosan.samplers.grid import make_ts
+
+    model, calib, _, _ = setup
+    exact = reference(model, calib, rtol=1e-10)
+    for kind in ("uniform", "logsnr"):
+        start = make_ts(model.process, kind, 4)[0]
+        ts = optimize_grid(model, "dpmpp-2m", 5, calib, reference=exact, steps=60, start=start, loss="auto")
+        assert _held_rms(model, calib, exact, ts) <= _held_rms(model, calib, exact, start)
+    rigged = exact.clone()
+    rigged[48:] = kuosan.sample(model, calib[48:], "dpmpp-2m", nfe=5, grid=start)
+    kept = optimize_grid(model, "dpmpp-2m", 5, calib, reference=rigged, steps=60, start=start, loss="auto")
+    assert torch.equal(kept, start)
+
+
+def test_auto_returns_the_better_of_the_two_fits_on_the_held_out_draws(setup):
+    """From the uniform grid both fits win on the held-out quarter and differ; auto returns exactly the one with
+    the lower held-out RMS (the fits are deterministic)."""
+    model, calib, _, _ = setup
+    exact = reference(model, calib, rtol=1e-10)
+    kw = dict(reference=exact, steps=60, start="uniform")
+    fits = [optimize_grid(model, "dpmpp-2m", 5, calib, loss=loss, **kw) for loss in ("rms", "log")]
+    errs = [_held_rms(model, calib, exact, ts) for ts in fits]
+    uniform = kuosan.samplers.grid.make_ts(model.process, "uniform", 4)[0]
+    assert not any(torch.equal(ts, uniform) for ts in fits)  # both fits were kept ...
+    assert not torch.equal(fits[0], fits[1]) and errs[0] != errs[1]  # ... and they differ
+    auto = optimize_grid(model, "dpmpp-2m", 5, calib, loss="auto", **kw)
+    assert torch.equal(auto, fits[errs.index(min(errs))])
+
+
+def test_the_held_out_share_is_an_option(setup):
+    """holdout=0.5: the last 32 of 64 draws decide, and rigging those 32 returns the start grid; with holdout=0.75
+    rigging the last 16 (the default quarter) no longer does: 32 exact draws outvote them."""
+    from kuosan.samplers.grid import make_ts
+
+    model, calib, _, _ = setup
+    exact = reference(model, calib, rtol=1e-10)
+    start = make_ts(model.process, "uniform", 4)[0]
+    rigged = exact.clone()
+    rigged[32:] = kuosan.sample(model, calib[32:], "dpmpp-2m", nfe=5, grid=start)
+    kw = dict(steps=60, start=start, holdout=0.5)
+    assert torch.equal(optimize_grid(model, "dpmpp-2m", 5, calib, reference=rigged, **kw), start)
+    rigged[16:48] = exact[16:48]
+    kw["holdout"] = 0.75
+    assert not torch.equal(optimize_grid(model, "dpmpp-2m", 5, calib, reference=rigged, **kw), start)
+
+
+@pytest.mark.parametrize("kw, msg", [({"loss": "best"}, "loss must be one of rms, log, auto"),
+                                     ({"holdout": 0.0}, "holdout must be a share in"),
+                                     ({"holdout": 1.0}, "holdout must be a share in"),
+                                     ({"holdout": "half"}, "holdout must be a share in")])
+def test_bad_auto_options(setup, kw, msg):
+    model, calib, _, _ = setup
+    with pytest.raises(ValueError, match=msg):
+        optimize_grid(model, "dpmpp-2m", 5, calib, **kw)

@@ -18,8 +18,11 @@ The loss is LD3's L2 endpoint error, as an RMS over the calibration draws; the f
 default grid, is fitted on three quarters of the calibration draws, and the fitted grid is kept only if it also
 beats the default grid on the held-out quarter (otherwise the default grid is returned): on 16-D sharply
 multimodal mixtures a fit driven by a few boundary trajectories had made dpmpp-3m 5x worse on new draws.
-Options: `start` (the grid, or the best of several, the fit starts from and falls back to) and `loss="log"` (the
-mean log per-trajectory error, which those few trajectories cannot dominate); docs/samplers.md has the measurements.
+Options: `start` (the grid, or the best of several, the fit starts from and falls back to), `loss="log"` (the
+mean log per-trajectory error, which those few trajectories cannot dominate), `loss="auto"` (fit with both losses,
+keep whichever of start grid / RMS fit / log fit has the lowest RMS on the held-out draws: neither loss won on
+every mixture measured, and the choice must not look at the draws a grid is judged on) and `holdout` (the share
+held out); docs/samplers.md has the measurements.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from .grid import default_grid, make_ts
 __all__ = ["optimize_grid", "grid_steps", "reference_endpoints", "grid_from_logits"]
 
 F64 = torch.float64
-LOSSES = ("rms", "log")
+LOSSES = ("rms", "log", "auto")
 
 
 def grid_steps(method: str, nfe: int) -> int:
@@ -97,6 +100,7 @@ def optimize_grid(
     generator: torch.Generator | None = None,
     start: str | Tensor | Sequence[str | Tensor] | None = None,
     loss: str = "rms",
+    holdout: float = 0.25,
     **options: Any,
 ) -> Tensor:
     """A time grid for `method` at `nfe` fitted to `denoiser` on the calibration draws x_T (LD3, Tong et al. 2024,
@@ -111,14 +115,19 @@ def optimize_grid(
     start: the grid the fit starts from and falls back to, a kind ("karras", "logsnr", ...) or descending times,
     or several of them (the one with the lowest RMS on the fitting draws is taken); default: the method's
     default grid. loss: what the fit minimises over the fitting draws, "rms" (LD3's L2) or "log" (the mean of
-    log per-trajectory errors, which a few trajectories near a boundary between modes cannot dominate); the
-    held-out check is on the RMS either way."""
+    log per-trajectory errors, which a few trajectories near a boundary between modes cannot dominate) or "auto"
+    (one fit with each loss; of the start grid and the two fits, the one with the lowest RMS on the held-out draws
+    is returned, since neither loss generalised better on every mixture measured); the held-out check is on the
+    RMS either way. holdout: the share of x_T (the last draws) held out for that check, in (0, 1); with fewer than
+    8 draws nothing is held out and the fit is kept if it wins on the fitting draws."""
     from scipy.optimize import minimize
 
     from . import METHODS, sample
 
     if loss not in LOSSES:
         raise ValueError(f"optimize_grid loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
+        raise ValueError(f"optimize_grid holdout must be a share in (0, 1), got {holdout!r}")
     n = grid_steps(method, nfe)
     p = denoiser.process
     kinds = [default_grid(p, METHODS[method].grids)] if start is None else start
@@ -137,9 +146,10 @@ def optimize_grid(
     if reference is None:
         reference = reference_endpoints(denoiser, x_T, starts[0][0].item(), starts[0][-1].item(), cond=cond)
 
-    # a quarter of the draws (at least 8 in all) is held out: the fitted grid is kept only if it also wins there, so
-    # a fit dominated by the few calibration trajectories near a boundary between modes cannot make things worse
-    k = len(x_T) - len(x_T) // 4 if len(x_T) >= 8 else len(x_T)
+    # a share of the draws (a quarter by default; at least 8 draws in all) is held out: the fitted grid is kept only
+    # if it also wins there, so a fit dominated by the few calibration trajectories near a boundary between modes
+    # cannot make things worse
+    k = max(1, len(x_T) - int(len(x_T) * holdout)) if len(x_T) >= 8 else len(x_T)
 
     def errors(ts: Tensor, rows: slice) -> Tensor:
         part = None if cond is None else {key: v[rows] for key, v in cond.items()}
@@ -154,23 +164,27 @@ def optimize_grid(
     t0, t1 = ts0[0].item(), ts0[-1].item()
     lam = p.log_snr(ts0)
 
-    def objective(xi: np.ndarray) -> float:
+    def objective(xi: np.ndarray, kind: str) -> float:
         ts = grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], xi])))
         if not bool((ts[1:] < ts[:-1]).all()):
             return math.inf
         e = errors(ts, slice(0, k))
-        val = (e.mean().sqrt() if loss == "rms" else 0.5 * e.clamp_min(1e-300).log().mean()).item()
+        val = (e.mean().sqrt() if kind == "rms" else 0.5 * e.clamp_min(1e-300).log().mean()).item()
         return val if math.isfinite(val) else math.inf
 
     # start at the start grid: xi_j = log(h_j / h_0) (the first logit is fixed at 0: softmax is shift-invariant)
     h = (lam[1:] - lam[:-1]).clamp_min(1e-12)
     xi0 = (h.log() - h[0].log())[1:].numpy()
     simplex = np.vstack([xi0, xi0 + simplex_step * np.eye(len(xi0))])  # scipy's default steps vanish at xi = 0
-    f0 = objective(xi0)
-    fatol = tol * (abs(f0) if loss == "rms" else 1.0)  # the log loss: an absolute tolerance in log units
-    res = minimize(objective, xi0, method="Nelder-Mead", options={
-        "maxfev": steps, "xatol": tol, "fatol": fatol, "adaptive": True, "initial_simplex": simplex})
-    fitted = grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], res.x])))
+    candidates = [ts0]  # the start grid first: it wins ties
+    for kind in (("rms", "log") if loss == "auto" else (loss,)):
+        f0 = objective(xi0, kind)
+        fatol = tol * (abs(f0) if kind == "rms" else 1.0)  # the log loss: an absolute tolerance in log units
+        res = minimize(objective, xi0, args=(kind,), method="Nelder-Mead", options={
+            "maxfev": steps, "xatol": tol, "fatol": fatol, "adaptive": True, "initial_simplex": simplex})
+        if res.fun <= f0:
+            candidates.append(grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], res.x]))))
+    if k == len(x_T):  # too few draws to hold any out: the fit (for "auto", the lowest RMS on the fitting draws)
+        return candidates[-1] if loss != "auto" else min(reversed(candidates), key=rms_of)
     held = slice(k, None)
-    better = res.fun <= f0 and (k == len(x_T) or rms_of(fitted, held) < rms_of(ts0, held))
-    return fitted if better else ts0
+    return min(candidates, key=lambda ts: rms_of(ts, held))
