@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable
 
 import torch
-from samplers import diffusers_configs, kdiffusion_configs, make_scheduler, run_diffusers, run_kdiffusion
+from samplers import diffusers_configs, index_eps, kdiffusion_configs, make_scheduler, run_diffusers, run_kdiffusion
 
 import kuosan
 from kuosan.eval.evaluate import build_reference, parse_sampler
@@ -34,22 +33,6 @@ from kuosan.samplers.tune import reference_endpoints
 
 F64 = torch.float64
 METHODS = "dpmpp-2m,unipc,dpmpp-3m,eabm,eabm:order=3,eabm:order=4"
-
-
-def net_eps(den: kuosan.Denoiser, proc: DiscreteVP) -> Callable:
-    """The peers' model: eps at timestep index i (int or float) is the network's eps at kuosan time (i + 1)/N."""
-
-    def eps(x: torch.Tensor, timestep) -> torch.Tensor:
-        t = (torch.as_tensor(timestep, dtype=F64).reshape(-1) + 1) / proc.n
-        return den.eps(x, t.expand(x.shape[0]).to(x.device))
-
-    return eps
-
-
-def trained_betas(proc: DiscreteVP) -> list[float]:
-    """The run's betas, recovered from its alphas_cumprod (diffusers' trained_betas)."""
-    ac = proc.alphas_cumprod.double()
-    return (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).tolist()
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[tuple[float, float]]]:
@@ -95,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[tuple[float, float]]]:
     rows: dict[str, list[tuple[float, float]]] = {}
     if exact is not None:
         rows["kuosan rk45 (the tight solve)"] = [score(exact)] * len(nfes)
-    eps, fit_s = net_eps(den, proc), 0.0
+    eps, fit_s = index_eps(den.eps, proc), 0.0  # eps at index i = the network's eps at t = (i + 1)/N
     with torch.no_grad():
         for nfe in nfes:
             for spec in specs:
@@ -116,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[tuple[float, float]]]:
                     assert den.nfe <= nfe
             for name, (cls, cfg, steps) in diffusers_configs(nfe).items():
                 if f"diffusers {name}".startswith(peers):
-                    sched = make_scheduler(cls, cfg,
-                                           {"trained_betas": trained_betas(proc)})
+                    sched = make_scheduler(cls, cfg, {"trained_betas": proc.betas.tolist()})
                     x, calls = run_diffusers(sched, steps, eps, x_T)
                     assert calls <= nfe, (name, calls)
                     rows.setdefault(f"diffusers {name}", []).append(score(x))

@@ -171,14 +171,20 @@ def run_kdiffusion(sampler: str, schedule: str, steps: int, eps_fn, proc: Discre
     return x, calls[0]
 
 
-def mixture_eps(gmm: GaussianMixture, proc: DiscreteVP) -> Callable:
-    """diffusers' model: eps at timestep index i (float or int) is the exact eps at t = (i + 1)/N."""
+def index_eps(eps_at_t: Callable, proc: DiscreteVP) -> Callable:
+    """The peers' model over a kuosan eps(x, t): eps at timestep index i (float or int, scalar or per row) is
+    eps_at_t at kuosan time t = (i + 1)/N."""
 
     def eps(x: torch.Tensor, timestep) -> torch.Tensor:
-        t = (torch.as_tensor(timestep, dtype=F64) + 1) / proc.n
-        return gmm.eps(x, t.expand(x.shape[0]), proc)
+        t = (torch.as_tensor(timestep, dtype=F64).reshape(-1) + 1) / proc.n
+        return eps_at_t(x, t.expand(x.shape[0]).to(x.device))
 
     return eps
+
+
+def mixture_eps(gmm: GaussianMixture, proc: DiscreteVP) -> Callable:
+    """diffusers' model: eps at timestep index i is the mixture's exact eps at t = (i + 1)/N."""
+    return index_eps(lambda x, t: gmm.eps(x, t, proc), proc)
 
 
 # --- the tables ----------------------------------------------------------------------------------------------

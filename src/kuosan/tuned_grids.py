@@ -17,11 +17,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["grid_path", "tune_run", "load_tuned"]
+__all__ = ["grid_path", "save_grid", "tune_run", "load_tuned"]
 
 
 def grid_path(run_dir: Path, method: str, nfe: int) -> Path:
     return Path(run_dir) / "grids" / f"{method}-{nfe}.json"
+
+
+def save_grid(run_dir: Path, method: str, nfe: int, record: dict[str, Any]) -> Path:
+    """Store a grid record ({"times": [...], ...}) as <run>/grids/<method>-<nfe>.json, atomically (a temporary file,
+    then a rename), for load_tuned; returns the path."""
+    path = grid_path(run_dir, method, nfe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return path
 
 
 def _rms(x: Tensor, ref: Tensor) -> float:
@@ -55,12 +66,7 @@ def tune_run(pipe, method: str, nfe: int, n_calib: int = 256, *, seed: int = 0, 
               "reference": f"rk45 rtol=atol={ref_tol:g}", "rms_default": _rms(default, ref),
               "rms_tuned": _rms(tuned, ref), "step": pipe.step, "fit_seconds": round(time.perf_counter() - t0, 1),
               "paper": "LD3 (Tong et al. 2024, arXiv:2405.15506), fitted by Nelder-Mead over log-SNR increments"}
-    path = grid_path(pipe.run_dir, method, nfe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
-    return path, record
+    return save_grid(pipe.run_dir, method, nfe, record), record
 
 
 def load_tuned(run_dir: Path, method: str, nfe: int) -> tuple[Path, Tensor] | None:

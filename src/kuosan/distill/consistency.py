@@ -244,19 +244,15 @@ def build(cfg, data, teacher) -> ConsistencyObjective:
 def write_grids(run_dir, process, tau: float, nfes: range = range(2, 9)) -> None:
     """The student's multistep grids at tau (CM Alg. 1's tau_1, `objective.cm_tau`) as the run's tuned grids
     <run>/grids/consistency-K.json, which `kuosan sample RUN --nfe K` uses (kuosan.tuned_grids)."""
-    import json
-    from pathlib import Path
-
     from ..samplers.consistency import restart_grid
-    from ..tuned_grids import grid_path
+    from ..tuned_grids import save_grid
 
     for k in nfes:
         ts = restart_grid(process, process.timesteps(k, "karras"), tau)
-        path = grid_path(Path(run_dir), "consistency", k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"method": "consistency", "nfe": k, "times": ts.tolist(), "tau": tau,
-                                    "source": "objective.cm_tau: the evaluation after the first at level tau, "
-                                    "then Karras (CM Alg. 1; kuosan.samplers.consistency.restart_grid)"}, indent=1))
+        save_grid(run_dir, "consistency", k, {"method": "consistency", "nfe": k, "times": ts.tolist(), "tau": tau,
+                                               "source": "objective.cm_tau: the evaluation after the first at "
+                                               "level tau, then Karras (CM Alg. 1; "
+                                               "kuosan.samplers.consistency.restart_grid)"})
 
 
 def _c(data) -> float:

@@ -109,41 +109,31 @@ def write_one_step_grid(run_dir: Any, process: Any, k: int) -> Tensor | None:
     sigma/alpha 11.8, FD 8.1 at w = 1), from the prior draw, whose alpha x0 part is below 10% there; it is written
     as <run>/grids/consistency-1.json. Returns its times, or None (nothing written) for a teacher whose t_max is
     no noisier than SD's."""
-    import json
-    from pathlib import Path
-
-    from ..tuned_grids import grid_path
+    from ..tuned_grids import save_grid
 
     level = sd_terminal_level()
     t_top = top_time(process, level)
     if t_top >= process.t_max - 1e-12:
         return None
     ts = lcm_sampling_times(skipping_grid(process, k, t_top)[0], 1, process.t_min)
-    path = grid_path(Path(run_dir), "consistency", 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
     source = (f"one step from the highest skipping-grid time with sigma/alpha <= {level:.3g} (Stable Diffusion's "
               "terminal level; kuosan.distill.lcm.write_one_step_grid)")
-    path.write_text(json.dumps({"method": "consistency", "nfe": 1, "times": ts.tolist(), "source": source}, indent=1))
+    save_grid(run_dir, "consistency", 1, {"method": "consistency", "nfe": 1, "times": ts.tolist(), "source": source})
     return ts
 
 
 def write_grids(run_dir: Any, process: Any, starts: Tensor, nfes: range = range(1, 9)) -> None:
     """The student's sampling grids on its skipping grid (lcm_sampling_times) as the run's stored grids
     <run>/grids/consistency-K.json, which `kuosan sample RUN --nfe K` uses (kuosan.tuned_grids)."""
-    import json
-    from pathlib import Path
-
-    from ..tuned_grids import grid_path
+    from ..tuned_grids import save_grid
 
     for k in nfes:
         if k > len(starts):
             break
         ts = lcm_sampling_times(starts, k, process.t_min)
-        path = grid_path(Path(run_dir), "consistency", k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"method": "consistency", "nfe": k, "times": ts.tolist(),
-                                    "source": "objective.lcm_max_level: LCM's sampling times on the skipping grid "
-                                    "below it (kuosan.distill.lcm.write_grids)"}, indent=1))
+        save_grid(run_dir, "consistency", k, {"method": "consistency", "nfe": k, "times": ts.tolist(),
+                                               "source": "objective.lcm_max_level: LCM's sampling times on the "
+                                               "skipping grid below it (kuosan.distill.lcm.write_grids)"})
 
 
 @torch.no_grad()
