@@ -64,7 +64,7 @@ def batches(x0: torch.Tensor, proc, batch: int, steps: int, seed: int):
         yield a * x + s * eps, t, eps
 
 
-OPTIONS = ("fused", "channels-last", "compile")
+OPTIONS = ("fused", "channels-last", "compile", "graphs")
 
 
 def with_options(name: str, net, options: tuple[str, ...]) -> tuple[str, tuple]:
@@ -80,6 +80,8 @@ def with_options(name: str, net, options: tuple[str, ...]) -> tuple[str, tuple]:
             return call(x.contiguous(memory_format=torch.channels_last), t)
     if "compile" in options:
         train = torch.compile(train)
+    elif "graphs" in options:  # inductor plus CUDA graphs: one replay per forward/backward instead of ~100 launches
+        train = torch.compile(train, mode="reduce-overhead")
     return "+".join([name, *options]), (net, train, call)
 
 
@@ -107,6 +109,9 @@ def main() -> None:
     p.add_argument("--fused", action="store_true", help="fused AdamW step (kuosan's training default)")
     p.add_argument("--channels-last", action="store_true", help="channels_last weights and activations")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (train.compile)")
+    p.add_argument("--graphs", action="store_true", help="torch.compile mode reduce-overhead (CUDA graphs)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (CUDA times are taken after a synchronize)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast around forward and loss (train.bf16)")
     p.add_argument("--variants", default="", help="more option sets, each its own row: fused,fused+compile,...")
     p.add_argument("--diffusers-too", action="store_true", help="give diffusers' net the same options")
     p.add_argument("--no-plain", action="store_true", help="with options, drop the plain rows")
@@ -114,6 +119,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     mults = tuple(int(m) for m in a.mults.split(","))
     pair = build_pair(a.base, mults, a.blocks, a.groups, a.attn, a.seed)
+    dev = torch.device(a.device)
+    for net, _ in pair.values():
+        net.to(dev)
     if a.only:
         pair = {a.only: pair[a.only]}
     nets = {}  # row name -> (module, training forward, plain forward for the held-out loss)
@@ -136,20 +144,25 @@ def main() -> None:
     proc = kuosan.processes.DiscreteVP.linear(1000)
     x_train, _ = load_digits("train")
     load = [os.getloadavg()[0]]
-    for step, (x_t, t, eps) in enumerate(batches(x_train, proc, a.batch, a.steps, a.seed)):
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for step, batch in enumerate(batches(x_train, proc, a.batch, a.steps, a.seed)):
+        x_t, t, eps = (v.to(dev) for v in batch)
         for k, (_, fn, _) in nets.items():
+            sync()
             t0, c0 = time.perf_counter(), time.process_time()
-            loss = F.mse_loss(fn(x_t, t), eps)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+                loss = F.mse_loss(fn(x_t, t).float(), eps)
             opts[k].zero_grad(set_to_none=True)
             loss.backward()
             opts[k].step()
+            sync()
             secs[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
             losses[k].append(loss.item())
         if (step + 1) % 20 == 0:
             print(f"step {step + 1}: " + ", ".join(f"{k} {sum(v[-20:]):.1f}s" for k, v in secs.items()), flush=True)
     load.append(os.getloadavg()[0])
-    held_out = held_out_loss({k: (m, plain) for k, (m, _, plain) in nets.items()}, proc, a.seed)
+    held_out = held_out_loss({k: (m, plain) for k, (m, _, plain) in nets.items()}, proc, a.seed, dev)
     report(a, nets, secs, cpu, losses, held_out, load)
 
 
@@ -161,6 +174,8 @@ def report(a, nets, secs, cpu, losses, held_out, load) -> None:
     mults = tuple(int(m) for m in a.mults.split(","))
     print(f"# digits 8x8, batch {a.batch}, {a.steps} steps ({a.warmup} untimed), base {a.base}, mults {mults}, "
           f"{a.blocks} res blocks, attention at {a.attn}x{a.attn}, groups {a.groups}, threads {a.threads}, "
+          f"device {a.device}{' ' + torch.cuda.get_device_name() if a.device.startswith('cuda') else ''}"
+          f"{', bf16 autocast' if a.bf16 else ''}, "
           f"1-min load {load[0]:.2f} -> {load[1]:.2f}")
     print("| net | params | samples/s (total) | samples/s (all steps, compile included) | samples/s (median step) "
           "| CPU ms/step (median) | first step s (wall) | train loss (last 20) | held-out loss |\n"
@@ -181,14 +196,15 @@ def report(a, nets, secs, cpu, losses, held_out, load) -> None:
 
 
 @torch.no_grad()
-def held_out_loss(nets, proc, seed: int) -> dict[str, float]:
+def held_out_loss(nets, proc, seed: int, device=torch.device("cpu")) -> dict[str, float]:
     """eps-MSE on all 359 test digits, each at 4 fixed draws of (t, eps), through each net's plain forward."""
     g = torch.Generator().manual_seed(seed + 1)
     x0 = load_digits("test")[0].repeat(4, 1, 1, 1)
     t = proc.sample_t(len(x0), generator=g)
     eps = torch.randn(x0.shape, generator=g)
     x_t = proc.alpha(t).float()[:, None, None, None] * x0 + proc.sigma(t).float()[:, None, None, None] * eps
-    return {k: F.mse_loss(fn(x_t, t), eps).item() for k, (_, fn) in nets.items()}
+    x_t, t, eps = x_t.to(device), t.to(device), eps.to(device)
+    return {k: F.mse_loss(fn(x_t, t).float(), eps).item() for k, (_, fn) in nets.items()}
 
 
 if __name__ == "__main__":
