@@ -68,3 +68,63 @@ def test_evaluation_times_are_the_grid_without_its_endpoint():
     grid = torch.tensor([80.0, 2.0, 0.5, 0.002], dtype=F64)
     kuosan.sample(den, torch.randn(4, 1) * 80, method="consistency", nfe=None, grid=grid)
     assert seen == pytest.approx([80.0, 2.0, 0.5])
+
+
+# --- TCD's strategic stochastic sampling (gamma) --------------------------------------------------------------
+def test_gamma_one_is_the_consistency_rule_bit_for_bit():
+    proc = make_process("DiscreteVP.linear")
+    den = kuosan.Denoiser(endpoint_map(proc)[0], proc, prediction="x0")
+    x_T = proc.prior_sample((64, 1), generator=torch.Generator().manual_seed(0), dtype=F64)
+    a, b = (kuosan.sample(den, x_T, method="consistency", nfe=4, generator=torch.Generator().manual_seed(1), **o)
+            for o in ({}, {"gamma": 1.0}))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["DiscreteVP.linear", "EDM"])
+def test_gamma_zero_is_ddim_on_the_students_x0(name):
+    """No fresh noise: each step is the DDIM step of the model's (x0, eps), so on the same evaluation times the
+    result is kuosan's ddim with its final x0 prediction (an exact mixture as the model)."""
+    from conftest import mixture_2d
+
+    proc = make_process(name)
+    model = mixture_2d().denoiser(proc, "eps")
+    grid = proc.timesteps(4, "logsnr")  # 5 times, the last t_min: 4 evaluations
+    x_T = proc.prior_sample((32, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    tcd = kuosan.sample(model, x_T, method="consistency", nfe=None, grid=grid, gamma=0.0,
+                        generator=torch.Generator().manual_seed(1))
+    ddim = kuosan.sample(model, x_T, method="ddim", nfe=None, grid=grid[:-1])
+    assert (tcd - ddim).abs().max().item() < 1e-10
+
+
+def test_gamma_step_by_hand():
+    """nfe = 2, gamma = 0.4 on the exact consistency function: x0, eps at t0; the DDIM point at
+    s = 0.6 t1 + 0.4 t_min; forward to t1 with the generator's noise; x0 there (TCD Alg. 4)."""
+    proc = make_process("DiscreteVP.linear")
+    f, _ = endpoint_map(proc)
+    den = kuosan.Denoiser(f, proc, prediction="x0")
+    t0, t1, tmin = 1.0, 0.4, proc.t_min
+    grid = torch.tensor([t0, t1, tmin], dtype=F64)
+    x_T = proc.prior_sample((16, 1), generator=torch.Generator().manual_seed(0), dtype=F64)
+    got = kuosan.sample(den, x_T, method="consistency", nfe=None, grid=grid, gamma=0.4,
+                        generator=torch.Generator().manual_seed(5))
+
+    def at(t):
+        return torch.full((16,), t, dtype=F64)
+
+    a = lambda t: proc.alpha(torch.tensor(t, dtype=F64)).item()  # noqa: E731
+    sg = lambda t: proc.sigma(torch.tensor(t, dtype=F64)).item()  # noqa: E731
+    x0 = f(x_T, at(t0))
+    eps = (x_T - a(t0) * x0) / sg(t0)
+    s = 0.6 * t1 + 0.4 * tmin
+    x_s = a(s) * x0 + sg(s) * eps
+    a_ts = a(t1) / a(s)
+    z = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    x1 = a_ts * x_s + (sg(t1) ** 2 - a_ts**2 * sg(s) ** 2) ** 0.5 * z
+    assert torch.allclose(got, f(x1, at(t1)), atol=1e-10, rtol=0)
+
+
+def test_gamma_outside_the_unit_interval_is_refused():
+    proc = make_process("EDM")
+    den = kuosan.Denoiser(endpoint_map(proc)[0], proc, prediction="x0")
+    with pytest.raises(ValueError, match="gamma.*\\[0, 1\\].*1.5"):
+        kuosan.sample(den, torch.randn(4, 1) * 80, method="consistency", nfe=2, gamma=1.5)
