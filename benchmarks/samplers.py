@@ -21,7 +21,8 @@ setup (grid, set_timesteps) included, median of repeats, torch on one thread. ku
 coefficients in a SamplerCache built once per process, as a pipeline would (--no-cache: recompute every call).
 
 --tuned SPECS adds, per spec, its default-grid row and a row on a grid fitted by kuosan.samplers.optimize_grid on
---n-calib other prior draws (seed 1; the evaluation draws are seed 0), as benchmarks/tune_grid.py does.
+--n-calib other prior draws (seed 1; the evaluation draws are seed 0), as benchmarks/tune_grid.py does; --loss
+(rms, log, auto, cv) and --holdout are optimize_grid's.
 """
 
 from __future__ import annotations
@@ -315,7 +316,7 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=256, help="--tuned: calibration draws (seed 1)")
     ap.add_argument("--steps", type=int, default=1000, help="--tuned: loss evaluations per fit")
     ap.add_argument("--start", choices=("spec", "best"), default="spec", help="--tuned: the fit's start grid")
-    ap.add_argument("--loss", choices=("rms", "log", "auto"), default="rms",
+    ap.add_argument("--loss", choices=("rms", "log", "auto", "cv"), default="rms",
                     help="--tuned: optimize_grid's fitting loss")
     ap.add_argument("--holdout", type=float, default=0.25, help="--tuned: optimize_grid's held-out share")
     ap.add_argument("--only", default="", help="these tables only, e.g. scaled_linear/16-D,linear/2-D")

@@ -16,7 +16,8 @@ and k-diffusion's DPM++ 2M Karras/exponential, LMS and Heun (Karras) of benchmar
 --methods takes kuosan sampler specs ('eabm:order=4:grid=karras'): a spec's grid is the default row's grid and the
 fit's start; --start best starts every fit from the best of the logsnr, karras, quadratic and uniform grids on
 the fitting draws instead; --loss log fits the mean log per-trajectory error instead of the RMS; --loss auto
-fits both and keeps the best of start / RMS fit / log fit on the held-out share (--holdout) of the fitting draws.
+fits both and keeps the best of start / RMS fit / log fit on the held-out share (--holdout) of the fitting draws;
+--loss cv makes that choice by 2-fold cross-fitting on all of them and refits the winner on all (--holdout unused).
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="kuosan sampler specs, comma-separated")
     ap.add_argument("--start", choices=("spec", "best"), default="spec",
                     help="fit from the spec's grid (default) or the best of " + ", ".join(KINDS))
-    ap.add_argument("--loss", choices=("rms", "log", "auto"), default="rms", help="optimize_grid's fitting loss")
+    ap.add_argument("--loss", choices=("rms", "log", "auto", "cv"), default="rms", help="optimize_grid's fitting loss")
     ap.add_argument("--holdout", type=float, default=0.25, help="optimize_grid's held-out share of --n-calib")
     ap.add_argument("--only", choices=("2d", "16d"), default=None, help="one mixture only")
     args = ap.parse_args()

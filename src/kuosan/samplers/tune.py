@@ -21,14 +21,17 @@ multimodal mixtures a fit driven by a few boundary trajectories had made dpmpp-3
 Options: `start` (the grid, or the best of several, the fit starts from and falls back to), `loss="log"` (the
 mean log per-trajectory error, which those few trajectories cannot dominate), `loss="auto"` (fit with both losses,
 keep whichever of start grid / RMS fit / log fit has the lowest RMS on the held-out draws: neither loss won on
-every mixture measured, and the choice must not look at the draws a grid is judged on) and `holdout` (the share
-held out); docs/samplers.md has the measurements.
+every mixture measured, and the choice must not look at the draws a grid is judged on), `loss="cv"` (the same
+choice by 2-fold cross-fitting on every calibration draw with the one-standard-error rule, then a refit on all
+of them: samplers/tune_cv.py) and
+`holdout` (the share held out; "cv" holds nothing out); docs/samplers.md has the measurements.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -41,7 +44,7 @@ from .grid import default_grid, make_ts
 __all__ = ["optimize_grid", "grid_steps", "reference_endpoints", "grid_from_logits"]
 
 F64 = torch.float64
-LOSSES = ("rms", "log", "auto")
+LOSSES = ("rms", "log", "auto", "cv")
 
 
 def grid_steps(method: str, nfe: int) -> int:
@@ -86,6 +89,37 @@ def _rms(x: Tensor, ref: Tensor) -> float:
     return (x.double() - ref.double()).square().mean().sqrt().item()
 
 
+def fit_grid(process, ts0: Tensor, errors: Callable[[Tensor], Tensor], kind: str, steps: int, tol: float,
+             simplex_step: float) -> Tensor | None:
+    """LD3's fit (arXiv:2405.15506, eq. 5) over the logits of eq. 6, derivative-free: Nelder-Mead from ts0 on
+    `errors(ts)` (per-trajectory MSE of the fitting draws) with loss `kind` ("rms": their mean's root; "log": the
+    mean of half their logs); the fitted grid, or None when it does not reach the loss of ts0."""
+    from scipy.optimize import minimize
+
+    t0, t1 = ts0[0].item(), ts0[-1].item()
+    lam = process.log_snr(ts0)
+
+    def objective(xi: np.ndarray) -> float:
+        ts = grid_from_logits(process, t0, t1, torch.from_numpy(np.concatenate([[0.0], xi])))
+        if not bool((ts[1:] < ts[:-1]).all()):
+            return math.inf
+        e = errors(ts)
+        val = (e.mean().sqrt() if kind == "rms" else 0.5 * e.clamp_min(1e-300).log().mean()).item()
+        return val if math.isfinite(val) else math.inf
+
+    # start at ts0: xi_j = log(h_j / h_0) (the first logit is fixed at 0: softmax is shift-invariant)
+    h = (lam[1:] - lam[:-1]).clamp_min(1e-12)
+    xi0 = (h.log() - h[0].log())[1:].numpy()
+    simplex = np.vstack([xi0, xi0 + simplex_step * np.eye(len(xi0))])  # scipy's default steps vanish at xi = 0
+    f0 = objective(xi0)
+    fatol = tol * (abs(f0) if kind == "rms" else 1.0)  # the log loss: an absolute tolerance in log units
+    res = minimize(objective, xi0, method="Nelder-Mead", options={
+        "maxfev": steps, "xatol": tol, "fatol": fatol, "adaptive": True, "initial_simplex": simplex})
+    if not res.fun <= f0:
+        return None
+    return grid_from_logits(process, t0, t1, torch.from_numpy(np.concatenate([[0.0], res.x])))
+
+
 def optimize_grid(
     denoiser: Denoiser,
     method: str,
@@ -117,17 +151,21 @@ def optimize_grid(
     default grid. loss: what the fit minimises over the fitting draws, "rms" (LD3's L2) or "log" (the mean of
     log per-trajectory errors, which a few trajectories near a boundary between modes cannot dominate) or "auto"
     (one fit with each loss; of the start grid and the two fits, the one with the lowest RMS on the held-out draws
-    is returned, since neither loss generalised better on every mixture measured); the held-out check is on the
-    RMS either way. holdout: the share of x_T (the last draws) held out for that check, in (0, 1); with fewer than
-    8 draws nothing is held out and the fit is kept if it wins on the fitting draws."""
-    from scipy.optimize import minimize
-
+    is returned, since neither loss generalised better on every mixture measured) or "cv" (that choice by 2-fold
+    cross-fitting: each loss fitted on one half and scored on the other, both ways; the loss with the lowest pooled
+    out-of-fold RMS wins if it beats the start grid's RMS by more than one standard error of the paired
+    difference, is refitted on all the draws and kept if it beats the start grid on them; samplers/tune_cv.py
+    `select_cv`; needs >= 8 draws, ignores holdout); the held-out check is on the RMS either way. holdout: the
+    share of x_T (the last draws) held out for that check, in (0, 1); with fewer than 8 draws nothing is held out
+    and the fit is kept if it wins on the fitting draws."""
     from . import METHODS, sample
 
     if loss not in LOSSES:
         raise ValueError(f"optimize_grid loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
         raise ValueError(f"optimize_grid holdout must be a share in (0, 1), got {holdout!r}")
+    if loss == "cv" and len(x_T) < 8:
+        raise ValueError(f"optimize_grid loss='cv' needs at least 8 calibration draws (two folds), got {len(x_T)}")
     n = grid_steps(method, nfe)
     p = denoiser.process
     kinds = [default_grid(p, METHODS[method].grids)] if start is None else start
@@ -149,7 +187,7 @@ def optimize_grid(
     # a share of the draws (a quarter by default; at least 8 draws in all) is held out: the fitted grid is kept only
     # if it also wins there, so a fit dominated by the few calibration trajectories near a boundary between modes
     # cannot make things worse
-    k = max(1, len(x_T) - int(len(x_T) * holdout)) if len(x_T) >= 8 else len(x_T)
+    k = max(1, len(x_T) - int(len(x_T) * holdout)) if len(x_T) >= 8 and loss != "cv" else len(x_T)
 
     def errors(ts: Tensor, rows: slice) -> Tensor:
         part = None if cond is None else {key: v[rows] for key, v in cond.items()}
@@ -161,29 +199,19 @@ def optimize_grid(
         return err if math.isfinite(err) else math.inf
 
     ts0 = min(starts, key=rms_of)
-    t0, t1 = ts0[0].item(), ts0[-1].item()
-    lam = p.log_snr(ts0)
 
-    def objective(xi: np.ndarray, kind: str) -> float:
-        ts = grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], xi])))
-        if not bool((ts[1:] < ts[:-1]).all()):
-            return math.inf
-        e = errors(ts, slice(0, k))
-        val = (e.mean().sqrt() if kind == "rms" else 0.5 * e.clamp_min(1e-300).log().mean()).item()
-        return val if math.isfinite(val) else math.inf
+    if loss == "cv":  # 2-fold cross-fitting on all the draws (samplers/tune_cv.py)
+        from .tune_cv import select_cv
 
-    # start at the start grid: xi_j = log(h_j / h_0) (the first logit is fixed at 0: softmax is shift-invariant)
-    h = (lam[1:] - lam[:-1]).clamp_min(1e-12)
-    xi0 = (h.log() - h[0].log())[1:].numpy()
-    simplex = np.vstack([xi0, xi0 + simplex_step * np.eye(len(xi0))])  # scipy's default steps vanish at xi = 0
+        def fit(kind: str, rows: slice) -> Tensor | None:
+            return fit_grid(p, ts0, partial(errors, rows=rows), kind, steps, tol, simplex_step)
+
+        return select_cv(errors, len(x_T), ts0, fit)
     candidates = [ts0]  # the start grid first: it wins ties
     for kind in (("rms", "log") if loss == "auto" else (loss,)):
-        f0 = objective(xi0, kind)
-        fatol = tol * (abs(f0) if kind == "rms" else 1.0)  # the log loss: an absolute tolerance in log units
-        res = minimize(objective, xi0, args=(kind,), method="Nelder-Mead", options={
-            "maxfev": steps, "xatol": tol, "fatol": fatol, "adaptive": True, "initial_simplex": simplex})
-        if res.fun <= f0:
-            candidates.append(grid_from_logits(p, t0, t1, torch.from_numpy(np.concatenate([[0.0], res.x]))))
+        ts = fit_grid(p, ts0, partial(errors, rows=slice(0, k)), kind, steps, tol, simplex_step)
+        if ts is not None:
+            candidates.append(ts)
     if k == len(x_T):  # too few draws to hold any out: the fit (for "auto", the lowest RMS on the fitting draws)
         return candidates[-1] if loss != "auto" else min(reversed(candidates), key=rms_of)
     held = slice(k, None)
