@@ -246,6 +246,20 @@ def test_cli_distils_and_samples_with_embedded_guidance(teachers, tmp_path):
     assert z["samples"].shape == (12, 2) and np.isfinite(z["samples"]).all()
     pipe = kuosan.load(out, device="cpu")
     assert pipe.config.sample.method == "consistency" and pipe.config.sample.nfe == 4
+    # the default lcm_max_level: training and the stored sampling times start at the highest skipping-grid level
+    # with sigma/alpha <= 8
+    from kuosan.distill.lcm import MAX_LEVEL, skipping_grid, top_time
+    from kuosan.tuned_grids import load_tuned
+
+    proc = pipe.denoiser.process
+    assert pipe.config.objective.lcm_max_level == MAX_LEVEL == 8.0
+    starts = skipping_grid(proc, 100)[0]
+    level = lambda t: (proc.sigma(t) / proc.alpha(t)).item()  # noqa: E731
+    below = [t for t in starts if level(t.reshape(1)) <= 8.0]
+    assert len(below) < len(starts)  # the toy VP teacher is noisier than 8 at t_max: levels are dropped
+    _, ts = load_tuned(out, "consistency", 4)
+    assert ts[0].item() == pytest.approx(float(below[-1])) == pytest.approx(float(
+        skipping_grid(proc, 100, top_time(proc, 8.0))[0][-1]))
     assert pipe.config.precondition == "lcm" and pipe.config.net.kwargs["guidance_embedding"] is True
     rows: list[int] = []
     pipe.denoiser.net.net.register_forward_hook(lambda m, a, kw, o: rows.append(len(a[0])), with_kwargs=True)
