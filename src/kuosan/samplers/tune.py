@@ -22,8 +22,8 @@ Options: `start` (the grid, or the best of several, the fit starts from and fall
 mean log per-trajectory error, which those few trajectories cannot dominate), `loss="auto"` (fit with both losses,
 keep whichever of start grid / RMS fit / log fit has the lowest RMS on the held-out draws: neither loss won on
 every mixture measured, and the choice must not look at the draws a grid is judged on), `loss="cv"` (the same
-choice by 2-fold cross-fitting on every calibration draw with the one-standard-error rule, then a refit on all
-of them: samplers/tune_cv.py) and
+choice by 2-fold cross-fitting on every calibration draw, a fit replacing the start grid only when its gain
+passes a paired test at 5% (1.96 standard errors), then a refit on all of them: samplers/tune_cv.py) and
 `holdout` (the share held out; "cv" holds nothing out); docs/samplers.md has the measurements.
 """
 
@@ -153,7 +153,7 @@ def optimize_grid(
     (one fit with each loss; of the start grid and the two fits, the one with the lowest RMS on the held-out draws
     is returned, since neither loss generalised better on every mixture measured) or "cv" (that choice by 2-fold
     cross-fitting: each loss fitted on one half and scored on the other, both ways; the loss with the lowest pooled
-    out-of-fold RMS wins if it beats the start grid's RMS by more than one standard error of the paired
+    out-of-fold RMS wins if it beats the start grid's by more than 1.96 standard errors of the paired
     difference, is refitted on all the draws and kept if it beats the start grid on them; samplers/tune_cv.py
     `select_cv`; needs >= 8 draws, ignores holdout); the held-out check is on the RMS either way. holdout: the
     share of x_T (the last draws) held out for that check, in (0, 1); with fewer than 8 draws nothing is held out
