@@ -131,6 +131,8 @@ def main() -> None:
     if unknown:
         p.error(f"--variants: unknown option(s) {sorted(unknown)}; choose from {', '.join(OPTIONS)}")
     variants = list(dict.fromkeys(v for v in variants if v))
+    if any({"compile", "graphs"} <= set(v) for v in variants):
+        p.error("compile and graphs are two modes of torch.compile: pick one per row")
     for name, (net, fn) in pair.items():
         options = variants if name == "kuosan" or a.diffusers_too else []
         if not options or not a.no_plain:
