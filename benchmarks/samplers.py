@@ -6,9 +6,13 @@ Gaussian-mixture model.
     .venv/bin/python benchmarks/samplers.py --nfe 5,10,20 --quick --tuned eabm,eabm:order=4   # + tuned grids
 
 For each DiscreteVP schedule (DDPM linear, Stable-Diffusion scaled_linear; N = 1000) and each mixture, every
-sampler starts from the same x_T at t = 1 and is scored by the RMS distance of its output to the tight
-probability-flow ODE endpoint (DOP853 at rtol = atol = 1e-12 in lambda, then the same final denoise at the
-last training step t = 1/N). diffusers' schedulers see the model through their integer timesteps: an
+sampler starts from the same --n-eval x_T at t = 1 (1,000 by default) and is scored by the RMS distance of its
+output to the tight probability-flow ODE endpoint (DOP853 at rtol = atol = 1e-12 in lambda, then the same final
+denoise at the last training step t = 1/N), beside the fraction of trajectories whose output's most probable
+component differs from the exact endpoint's. On multimodal data the RMS is dominated by the few trajectories
+that end near a boundary between components, so each best-kuosan / best-peer ratio carries a 95% paired
+bootstrap interval over the trajectories (the best rows held fixed).
+diffusers' schedulers see the model through their integer timesteps: an
 eps-prediction at index i is the mixture's exact eps at t = (i + 1)/N (fractional indices interpolate as
 kuosan's DiscreteVP does). Each diffusers scheduler runs in the configurations that end at the last
 training step (its "linspace" spacing and Karras / log-SNR sigmas where it has them); the best one counts.
@@ -209,27 +213,29 @@ def accuracy(nfes: list[int], batch: int) -> None:
                 x_cal = proc.prior_sample((TUNE.n_calib, gmm.dim), generator=torch.Generator().manual_seed(1),
                                           dtype=F64)
                 ref_cal = reference(model, x_cal)
-            print(f"\n## {sched_name}, {mix_name} mixture: RMS endpoint error vs the tight PF-ODE ({batch} samples)")
-            rows: dict[str, list[float]] = {}
+            print(f"\n## {sched_name}, {mix_name} mixture: RMS endpoint error vs the tight PF-ODE / fraction of "
+                  f"trajectories ending in another component ({batch} samples)")
+            rows: dict[str, list[tuple[float, float]]] = {}
+            score = partial(_score, gmm, ref=ref)
             for nfe in nfes:
                 for m in KUOSAN:
                     model.reset_nfe()
                     x = kuosan.sample(model, x_T, m, nfe=nfe, **OPTIONS.get(m, {}))
                     assert model.nfe <= nfe
-                    rows.setdefault(f"kuosan {m}", []).append(_rms(x, ref))
+                    rows.setdefault(f"kuosan {m}", []).append(score(x))
                 for name, (cls, cfg, steps) in diffusers_configs(nfe).items():
                     sched = make_scheduler(cls, cfg, schedule_kw)
                     x, calls = run_diffusers(sched, steps, mixture_eps(gmm, proc), x_T)
                     assert calls <= nfe, (name, calls)
-                    rows.setdefault(f"diffusers {name}", []).append(_rms(x, ref))
+                    rows.setdefault(f"diffusers {name}", []).append(score(x))
                 for name, (sampler, schedule, steps) in kdiffusion_configs(nfe).items():
                     x, calls = run_kdiffusion(sampler, schedule, steps, mixture_eps(gmm, proc), proc, x_T)
                     assert calls <= nfe, (name, calls)
-                    rows.setdefault(f"k-diffusion {name}", []).append(_rms(x, ref))
+                    rows.setdefault(f"k-diffusion {name}", []).append(score(x))
                 if TUNE.methods:
                     from tune_grid import kuosan_rows
 
-                    kuosan_rows(model, TUNE.methods, nfe, x_cal, ref_cal, x_T, partial(_rms, ref=ref), TUNE, rows)
+                    kuosan_rows(model, TUNE.methods, nfe, x_cal, ref_cal, x_T, score, TUNE, rows)
             _print_table(rows, nfes)
 
 
@@ -237,27 +243,59 @@ def _rms(x: torch.Tensor, ref: torch.Tensor) -> float:
     return (x.double() - ref).square().mean().sqrt().item()
 
 
+def _score(gmm: GaussianMixture, x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """(RMS distance to the exact endpoint, fraction of trajectories whose output's most probable component
+    differs from the exact endpoint's, per-trajectory mean squared error): the RMS on multimodal data is dominated
+    by the few trajectories that end near a boundary between components, so the flips are reported beside it and
+    the ratios get a paired bootstrap interval (`_ratio`)."""
+    comp = lambda v: gmm.responsibilities(v.double()).argmax(1)  # noqa: E731
+    sq = (x.double() - ref).square().mean(1)
+    return sq.mean().sqrt().item(), (comp(x) != comp(ref)).double().mean().item(), sq
+
+
+def _ratio(a, b, n_boot: int = 2000) -> str:
+    """'**a/b**' for two table entries, with a 95% paired bootstrap interval over the trajectories (both RMS
+    recomputed on the same resampled draws) where both entries carry per-trajectory errors."""
+    text = f"**{_val(a) / _val(b):.2f}**"
+    if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) > 2 and len(b) > 2):
+        return text
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(a[2]), (n_boot, len(a[2])), generator=g)
+    r = (a[2][idx].mean(1) / b[2][idx].mean(1)).sqrt()
+    lo, hi = torch.quantile(r, torch.tensor([0.025, 0.975], dtype=r.dtype)).tolist()
+    return f"{text} ({lo:.2f}-{hi:.2f})"
+
+
+def _val(e) -> float:
+    return e[0] if isinstance(e, tuple) else e
+
+
 PEER_TOOLS = ("diffusers", "k-diffusion")
 
 
-def _print_table(rows: dict[str, list[float]], nfes: list[int], fmt: str = "{:.2e}") -> None:
+def _print_table(rows: dict[str, list], nfes: list[int], fmt: str = "{:.2e}") -> None:
     """Markdown table with the ratio of the best kuosan row to the best peer row (diffusers, k-diffusion) per
-    column."""
-    best_k = [min(v[j] for k, v in rows.items() if k.startswith("kuosan")) for j in range(len(nfes))]
-    best_d = [min((v[j] for k, v in rows.items() if k.startswith(PEER_TOOLS)), default=math.nan)
-              for j in range(len(nfes))]
+    column. Entries are numbers, or (RMS, fraction in another component[, per-trajectory errors]) ranked by the
+    RMS; the ratios of those carry a 95% paired bootstrap interval."""
+    cell = lambda e: f"{fmt.format(e[0])} / {e[1]:.1%}" if isinstance(e, tuple) else fmt.format(e)  # noqa: E731
+
+    def best(j: int, keep: Callable[[str], bool]):
+        return min((v[j] for k, v in rows.items() if keep(k) and not math.isnan(_val(v[j]))), key=_val,
+                   default=math.nan)
+
     print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     print("|---|" + "---|" * len(nfes))
     for k, v in rows.items():
-        print(f"| {k} | " + " | ".join(fmt.format(e) for e in v) + " |")
-    ratios = " | ".join(f"**{a / b:.2f}**" for a, b in zip(best_k, best_d, strict=True))
-    print(f"| **best kuosan / best peer** | {ratios} |")
-    for tag, keep in (("default grids", lambda k: not k.endswith("tuned grid")), ("tuned", lambda k: "tuned" in k)):
-        best = [min((v[j] for k, v in rows.items() if k.startswith("kuosan") and keep(k) and not math.isnan(v[j])),
-                    default=math.nan) for j in range(len(nfes))]
-        if any("tuned" in k for k in rows):
-            print(f"| **best kuosan {tag} / best peer** | "
-                  + " | ".join(f"**{a / b:.2f}**" for a, b in zip(best, best_d, strict=True)) + " |")
+        print(f"| {k} | " + " | ".join(cell(e) for e in v) + " |")
+    peer = [best(j, lambda k: k.startswith(PEER_TOOLS)) for j in range(len(nfes))]
+    tuned = any("tuned" in k for k in rows)
+    for tag, keep in (("", lambda k: True), (" default grids", lambda k: not k.endswith("tuned grid")),
+                      (" tuned", lambda k: "tuned" in k)):
+        if tag and not tuned:
+            continue
+        ours = [best(j, lambda k, keep=keep: k.startswith("kuosan") and keep(k)) for j in range(len(nfes))]
+        print(f"| **best kuosan{tag} / best peer** | "
+              + " | ".join(_ratio(a, b) for a, b in zip(ours, peer, strict=True)) + " |")
 
 
 def overhead(nfes: list[int], batch: int, repeats: int) -> None:
@@ -307,7 +345,9 @@ def rk45_line(batch: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nfe", default="5,10,20,50")
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--n-eval", type=int, default=1000,
+                    help="evaluation draws of the accuracy tables (the same x_T for every sampler)")
+    ap.add_argument("--batch", type=int, default=256, help="batch of the overhead table and the rk45 line")
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--quick", action="store_true", help="the accuracy tables only")
     ap.add_argument("--eabm-order", type=int, default=None, help="eabm's order (default: its own, 2)")
@@ -330,7 +370,7 @@ def main() -> None:
         OPTIONS["eabm"] = {"order": args.eabm_order}
     torch.set_num_threads(1)
     nfes = [int(v) for v in args.nfe.split(",")]
-    accuracy(nfes, args.batch)
+    accuracy(nfes, args.n_eval)
     if not args.quick:
         rk45_line(args.batch)
         overhead(nfes, args.batch, args.repeats)

@@ -11,7 +11,8 @@ the output to the tight PF-ODE endpoint (benchmarks/samplers.py `reference`: DOP
 the final denoise at t = 1/N) and the fraction of trajectories whose output lies nearest to another mode than
 the exact endpoint's. Peer rows (where importable) are diffusers' DPM-Solver++ 2M/3M and UniPC configurations
 and k-diffusion's DPM++ 2M Karras/exponential, LMS and Heun (Karras) of benchmarks/samplers.py on the same x_T;
-"best peer" is the lowest RMS among them per column.
+"best peer" is the lowest RMS among them per column; each ratio carries a 95% paired bootstrap interval over the
+evaluation trajectories (benchmarks/samplers.py `_ratio`).
 
 --methods takes kuosan sampler specs ('eabm:order=4:grid=karras'): a spec's grid is the default row's grid and the
 fit's start; --start best starts every fit from the best of the logsnr, karras, quadratic and uniform grids on
@@ -28,6 +29,8 @@ import time
 
 import torch
 from samplers import (
+    _ratio,
+    _val,
     diffusers_configs,
     kdiffusion_configs,
     make_scheduler,
@@ -70,10 +73,11 @@ def mode(gmm: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x.double(), gmm.means).argmin(1)
 
 
-def score(gmm: GaussianMixture, x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """(RMS distance to the exact endpoint, fraction in another mode than the exact endpoint)."""
-    rms = (x.double() - ref).square().mean().sqrt().item()
-    return rms, (mode(gmm, x) != mode(gmm, ref)).double().mean().item()
+def score(gmm: GaussianMixture, x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """(RMS distance to the exact endpoint, fraction in another mode than the exact endpoint, per-trajectory
+    mean squared error for the bootstrap interval of the ratios)."""
+    sq = (x.double() - ref).square().mean(1)
+    return sq.mean().sqrt().item(), (mode(gmm, x) != mode(gmm, ref)).double().mean().item(), sq
 
 
 def kuosan_rows(model, specs: list[str], nfe: int, x_cal, ref_cal, x_ev, score_fn, args,
@@ -137,17 +141,17 @@ def run(name: str, gmm: GaussianMixture, proc: DiscreteVP, schedule_kw: dict, nf
     print(f"\nfitting time: {fit_s:.0f} s for {len(args.methods) * len(nfes)} grids")
 
 
-def _table(rows: dict[str, list[tuple[float, float]]], nfes: list[int]) -> None:
+def _table(rows: dict[str, list[tuple]], nfes: list[int]) -> None:
     print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     print("|---|" + "---|" * len(nfes))
     for k, v in rows.items():
-        print(f"| {k} | " + " | ".join("–" if math.isnan(r) else f"{r:.3g} / {f:.1%}" for r, f in v) + " |")
-    best_p = [min((v[j][0] for k, v in rows.items() if k.startswith(("diffusers", "k-diffusion"))), default=math.nan)
-              for j in range(len(nfes))]
+        print(f"| {k} | " + " | ".join("–" if math.isnan(e[0]) else f"{e[0]:.3g} / {e[1]:.1%}" for e in v) + " |")
+    best = lambda j, keep: min((v[j] for k, v in rows.items() if keep(k) and not math.isnan(v[j][0])),  # noqa: E731
+                               key=_val, default=(math.nan, math.nan))
+    best_p = [best(j, lambda k: k.startswith(("diffusers", "k-diffusion"))) for j in range(len(nfes))]
     for tag in ("default", "tuned"):
-        best_k = [min((v[j][0] for k, v in rows.items() if k.endswith(f"{tag} grid") and not math.isnan(v[j][0])),
-                      default=math.nan) for j in range(len(nfes))]
-        ratios = " | ".join(f"**{a / b:.2f}**" for a, b in zip(best_k, best_p, strict=True))
+        best_k = [best(j, lambda k, tag=tag: k.endswith(f"{tag} grid")) for j in range(len(nfes))]
+        ratios = " | ".join(_ratio(a, b) for a, b in zip(best_k, best_p, strict=True))
         print(f"| **best kuosan {tag} / best peer (RMS)** | {ratios} |")
 
 
