@@ -215,7 +215,7 @@ def accuracy(nfes: list[int], batch: int) -> None:
                 ref_cal = reference(model, x_cal)
             print(f"\n## {sched_name}, {mix_name} mixture: RMS endpoint error vs the tight PF-ODE / fraction of "
                   f"trajectories ending in another component ({batch} samples)")
-            rows: dict[str, list[tuple[float, float]]] = {}
+            rows: dict[str, list[tuple]] = {}
             score = partial(_score, gmm, ref=ref)
             for nfe in nfes:
                 for m in KUOSAN:
@@ -247,16 +247,16 @@ def _score(gmm: GaussianMixture, x: torch.Tensor, ref: torch.Tensor) -> tuple[fl
     """(RMS distance to the exact endpoint, fraction of trajectories whose output's most probable component
     differs from the exact endpoint's, per-trajectory mean squared error): the RMS on multimodal data is dominated
     by the few trajectories that end near a boundary between components, so the flips are reported beside it and
-    the ratios get a paired bootstrap interval (`_ratio`)."""
+    the ratios get a paired bootstrap interval (`ratio_interval`)."""
     comp = lambda v: gmm.responsibilities(v.double()).argmax(1)  # noqa: E731
     sq = (x.double() - ref).square().mean(1)
     return sq.mean().sqrt().item(), (comp(x) != comp(ref)).double().mean().item(), sq
 
 
-def _ratio(a, b, n_boot: int = 2000) -> str:
+def ratio_interval(a, b, n_boot: int = 2000) -> str:
     """'**a/b**' for two table entries, with a 95% paired bootstrap interval over the trajectories (both RMS
     recomputed on the same resampled draws) where both entries carry per-trajectory errors."""
-    text = f"**{_val(a) / _val(b):.2f}**"
+    text = f"**{rms_of(a) / rms_of(b):.2f}**"
     if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) > 2 and len(b) > 2):
         return text
     g = torch.Generator().manual_seed(0)
@@ -266,7 +266,8 @@ def _ratio(a, b, n_boot: int = 2000) -> str:
     return f"{text} ({lo:.2f}-{hi:.2f})"
 
 
-def _val(e) -> float:
+def rms_of(e) -> float:
+    """The RMS of a table entry (a number, or a tuple whose first element is the RMS)."""
     return e[0] if isinstance(e, tuple) else e
 
 
@@ -280,7 +281,7 @@ def _print_table(rows: dict[str, list], nfes: list[int], fmt: str = "{:.2e}") ->
     cell = lambda e: f"{fmt.format(e[0])} / {e[1]:.1%}" if isinstance(e, tuple) else fmt.format(e)  # noqa: E731
 
     def best(j: int, keep: Callable[[str], bool]):
-        return min((v[j] for k, v in rows.items() if keep(k) and not math.isnan(_val(v[j]))), key=_val,
+        return min((v[j] for k, v in rows.items() if keep(k) and not math.isnan(rms_of(v[j]))), key=rms_of,
                    default=math.nan)
 
     print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
@@ -295,7 +296,7 @@ def _print_table(rows: dict[str, list], nfes: list[int], fmt: str = "{:.2e}") ->
             continue
         ours = [best(j, lambda k, keep=keep: k.startswith("kuosan") and keep(k)) for j in range(len(nfes))]
         print(f"| **best kuosan{tag} / best peer** | "
-              + " | ".join(_ratio(a, b) for a, b in zip(ours, peer, strict=True)) + " |")
+              + " | ".join(ratio_interval(a, b) for a, b in zip(ours, peer, strict=True)) + " |")
 
 
 def overhead(nfes: list[int], batch: int, repeats: int) -> None:

@@ -12,7 +12,7 @@ the final denoise at t = 1/N) and the fraction of trajectories whose output lies
 the exact endpoint's. Peer rows (where importable) are diffusers' DPM-Solver++ 2M/3M and UniPC configurations
 and k-diffusion's DPM++ 2M Karras/exponential, LMS and Heun (Karras) of benchmarks/samplers.py on the same x_T;
 "best peer" is the lowest RMS among them per column; each ratio carries a 95% paired bootstrap interval over the
-evaluation trajectories (benchmarks/samplers.py `_ratio`).
+evaluation trajectories (benchmarks/samplers.py `ratio_interval`).
 
 --methods takes kuosan sampler specs ('eabm:order=4:grid=karras'): a spec's grid is the default row's grid and the
 fit's start; --start best starts every fit from the best of the logsnr, karras, quadratic and uniform grids on
@@ -29,13 +29,13 @@ import time
 
 import torch
 from samplers import (
-    _ratio,
-    _val,
     diffusers_configs,
     kdiffusion_configs,
     make_scheduler,
     mixture_eps,
+    ratio_interval,
     reference,
+    rms_of,
     run_diffusers,
     run_kdiffusion,
 )
@@ -147,11 +147,11 @@ def _table(rows: dict[str, list[tuple]], nfes: list[int]) -> None:
     for k, v in rows.items():
         print(f"| {k} | " + " | ".join("–" if math.isnan(e[0]) else f"{e[0]:.3g} / {e[1]:.1%}" for e in v) + " |")
     best = lambda j, keep: min((v[j] for k, v in rows.items() if keep(k) and not math.isnan(v[j][0])),  # noqa: E731
-                               key=_val, default=(math.nan, math.nan))
+                               key=rms_of, default=(math.nan, math.nan))
     best_p = [best(j, lambda k: k.startswith(("diffusers", "k-diffusion"))) for j in range(len(nfes))]
     for tag in ("default", "tuned"):
         best_k = [best(j, lambda k, tag=tag: k.endswith(f"{tag} grid")) for j in range(len(nfes))]
-        ratios = " | ".join(_ratio(a, b) for a, b in zip(best_k, best_p, strict=True))
+        ratios = " | ".join(ratio_interval(a, b) for a, b in zip(best_k, best_p, strict=True))
         print(f"| **best kuosan {tag} / best peer (RMS)** | {ratios} |")
 
 

@@ -13,7 +13,7 @@ import torch
 from kuosan.analytic import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from samplers import _print_table, _ratio, _score  # noqa: E402
+from samplers import _print_table, _score, ratio_interval  # noqa: E402
 
 F64 = torch.float64
 
@@ -39,7 +39,7 @@ def test_ratio_interval_is_exact_for_a_proportional_pair():
     g = torch.Generator().manual_seed(0)
     sq_peer = torch.rand(500, generator=g, dtype=F64) ** 4  # heavy-tailed per-trajectory errors
     ours, peer = (0.5 * sq_peer.mean().sqrt().item(), 0.0, 0.25 * sq_peer), (sq_peer.mean().sqrt().item(), 0.0, sq_peer)
-    assert _ratio(ours, peer) == "**0.50** (0.50-0.50)"  # every resample keeps the ratio: a zero-width interval
+    assert ratio_interval(ours, peer) == "**0.50** (0.50-0.50)"  # every resample keeps the ratio: a zero-width interval
 
 
 def test_ratio_interval_covers_the_estimate_and_widens_with_a_rare_outlier():
@@ -47,7 +47,7 @@ def test_ratio_interval_covers_the_estimate_and_widens_with_a_rare_outlier():
     a, b = torch.rand(1000, generator=g, dtype=F64), torch.rand(1000, generator=g, dtype=F64)
 
     def interval(sq_a: torch.Tensor) -> tuple[float, float, float]:
-        text = _ratio((sq_a.mean().sqrt().item(), 0.0, sq_a), (b.mean().sqrt().item(), 0.0, b))
+        text = ratio_interval((sq_a.mean().sqrt().item(), 0.0, sq_a), (b.mean().sqrt().item(), 0.0, b))
         est, rest = text.split(" ", 1)
         lo, hi = (float(v) for v in rest.strip("()").split("-"))
         return float(est.strip("*")), lo, hi
