@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from functools import partial
 
 import torch
 from samplers import (
@@ -38,6 +39,7 @@ from samplers import (
     rms_of,
     run_diffusers,
     run_kdiffusion,
+    score_draws,
 )
 
 import kuosan
@@ -74,10 +76,9 @@ def mode(gmm: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
 
 
 def score(gmm: GaussianMixture, x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, torch.Tensor]:
-    """(RMS distance to the exact endpoint, fraction in another mode than the exact endpoint, per-trajectory
-    mean squared error for the bootstrap interval of the ratios)."""
-    sq = (x.double() - ref).square().mean(1)
-    return sq.mean().sqrt().item(), (mode(gmm, x) != mode(gmm, ref)).double().mean().item(), sq
+    """samplers.score_draws with the nearest mode as the component: (RMS distance to the exact endpoint, fraction
+    in another mode than the exact endpoint, per-trajectory mean squared error)."""
+    return score_draws(x, ref, partial(mode, gmm))
 
 
 def kuosan_rows(model, specs: list[str], nfe: int, x_cal, ref_cal, x_ev, score_fn, args,

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from .grid import default_grid, make_ts
+from .tune_cv import pooled_rms
 
 __all__ = ["optimize_grid", "grid_steps", "reference_endpoints", "grid_from_logits"]
 
@@ -83,10 +84,6 @@ def reference_endpoints(denoiser: Denoiser, x_T: Tensor, t_start: float, t_end: 
 
     grid = torch.tensor([t_start, t_end], dtype=F64)
     return sample(denoiser, x_T, "rk45", nfe=None, grid=grid, cond=cond, rtol=tol, atol=tol)
-
-
-def _rms(x: Tensor, ref: Tensor) -> float:
-    return (x.double() - ref.double()).square().mean().sqrt().item()
 
 
 def fit_grid(process, ts0: Tensor, errors: Callable[[Tensor], Tensor], kind: str, steps: int, tol: float,
@@ -195,8 +192,7 @@ def optimize_grid(
         return (x.double() - reference[rows].double()).flatten(1).square().mean(1)  # per-trajectory MSE
 
     def rms_of(ts: Tensor, rows: slice = slice(0, k)) -> float:
-        err = errors(ts, rows).mean().sqrt().item()
-        return err if math.isfinite(err) else math.inf
+        return pooled_rms(errors(ts, rows))
 
     ts0 = min(starts, key=rms_of)
 
